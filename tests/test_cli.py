@@ -1,0 +1,218 @@
+"""`cogtrain validate` and `cogtrain crd`, and the README's quick start."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cogtrain.cli import main, render_crd
+from conftest import EXAMPLES, FIXTURE_MODELS, ROOT, TEST_MODELS
+
+ALL_INPUTS = FIXTURE_MODELS / "all-inputs" / "openapi_schema.json"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert block, "the quick start has a sh code block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second() -> None:
+    main_job, tests = quick_start_commands()
+    assert tests == "./run-tests"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert tests in ci, ".ci/run must call exactly the README's test command"
+    assert main_job.startswith("./cogtrain ")
+
+
+def test_readme_main_job_runs() -> None:
+    main_job, _ = quick_start_commands()
+    done = subprocess.run(["bash", "-c", main_job], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "train_data": "https://example.com/data/train.zip", "learning_rate": 0.0002, "seed": 7,
+    }
+
+
+@pytest.mark.parametrize("example", sorted(p.parent for p in EXAMPLES.glob("*/training.yaml")), ids=lambda p: p.name)
+def test_every_example_training_is_valid_for_its_model(capsys: pytest.CaptureFixture[str], example: Path) -> None:
+    code, out, err = run(capsys, "validate", "--schema", str(example), "--training", str(example / "training.yaml"))
+    assert code == 0, out + err
+    assert isinstance(json.loads(out), dict)
+
+
+def test_examples_schemas_are_cog_generated_copies() -> None:
+    for name in ("hello-train", "training-output"):
+        example = (EXAMPLES / name / ".cog" / "openapi_schema.json").read_bytes()
+        assert example == (FIXTURE_MODELS / name / "openapi_schema.json").read_bytes()
+        assert (EXAMPLES / name / "train.py").read_bytes() == (FIXTURE_MODELS / name / "train.py").read_bytes()
+
+
+def test_validate_input_file_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.yaml", "train_data: https://x/y.zip\ncaption_prefix: tok\nsteps: 5.0\ntags: null\n")
+    code, out, err = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
+    assert code == 0
+    assert json.loads(out) == {"train_data": "https://x/y.zip", "caption_prefix": "tok", "steps": 5}
+    assert err == ""
+
+
+def test_validate_problems_one_line_each(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.json", json.dumps({"steps": 0, "optimizer": "AdamW", "hf_token": "hunter2"}))
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == "input.steps: 0 is less than the minimum of 1 (allowed: 1..10000)"
+    assert [line.split(":")[0] for line in lines] == [
+        "input.steps", "input.optimizer", "input.hf_token", "input.train_data", "input.caption_prefix"]
+    assert "hunter2" not in out
+
+
+def test_validate_secret_input_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.yaml", "train_data: x\ncaption_prefix: y\n")
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs),
+                       "--secret-input", "hf_token")
+    assert code == 0 and "hf_token" not in out
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs),
+                       "--secret-input", "seed")
+    assert code == 1 and out.startswith("secretInputs.seed: is not a Secret input")
+
+
+def test_validate_training_manifest_with_other_objects(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = write(tmp_path, "t.yaml", """\
+apiVersion: v1
+kind: Secret
+metadata: {name: hf}
+stringData: {token: abc}
+---
+apiVersion: cog.run/v1alpha1
+kind: Training
+metadata: {name: t}
+spec:
+  model: r.example.com/m:1
+  input: {train_data: "https://x/y.zip", caption_prefix: tok, notes: 2024-01-01}
+  secretInputs:
+    hf_token: {name: hf, key: token}
+""")
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--training", str(manifest))
+    assert code == 0
+    assert json.loads(out)["notes"] == "2024-01-01", "an unquoted date stays a string, as with kubectl"
+
+
+def test_validate_training_with_structural_problems(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = write(tmp_path, "t.yaml", """\
+apiVersion: cog.run/v1alpha1
+kind: Training
+metadata: {name: t}
+spec:
+  model: r.example.com/m:1
+  input: [1, 2]
+  resources: {gpus: two}
+  gpuCount: 1
+""")
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--training", str(manifest))
+    assert code == 1
+    fields = sorted(line.split(":")[0] for line in out.splitlines())
+    assert fields == ["spec.gpuCount", "spec.input", "spec.resources.gpus"]
+
+
+def test_deprecated_input_warns_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.yaml", "old: y\n")
+    code, out, err = run(capsys, "validate", "--schema", str(TEST_MODELS / "edge-cases"), "--input", str(inputs))
+    assert code == 0 and json.loads(out) == {"old": "y"}
+    assert err.startswith("warning: input.old: is deprecated")
+
+
+def test_nan_in_json_input_is_a_problem_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.json", '{"train_data": "x", "caption_prefix": "y", "learning_rate": NaN}')
+    code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
+    assert code == 1 and out == "input.learning_rate: NaN is not a finite number; this takes a number\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        ({}, ["--input", "{tmp}/missing.yaml"], "missing.yaml: no such file"),
+        ({"in.yaml": b"steps: 5\nnotes: \xff\xfe\n"}, ["--input", "{tmp}/in.yaml"],
+         "in.yaml: not valid UTF-8 (byte 0xff at line 2); save the file as UTF-8"),
+        ({"in.yaml": "steps: [1, 2\n"}, ["--input", "{tmp}/in.yaml"], "in.yaml: not valid YAML or JSON"),
+        ({"in.json": "[" * 100_000 + "]" * 100_000}, ["--input", "{tmp}/in.json"], "in.json: nested too deeply to read"),
+        ({"in.json": '{"seed": ' + "9" * 10_000 + "}"}, ["--input", "{tmp}/in.json"], "in.json: unreadable value"),
+        ({"in.yaml": "a: 1\n---\nb: 2\n"}, ["--input", "{tmp}/in.yaml"], "holds 2 documents; expected one"),
+        ({"t.yaml": "kind: Secret\n"}, ["--training", "{tmp}/t.yaml"], "t.yaml: holds no object of kind Training"),
+        ({"t.yaml": "kind: Training\n---\nkind: Training\n"}, ["--training", "{tmp}/t.yaml"], "holds 2 Trainings"),
+        ({"in.yaml": "a: 1\n"}, [], "give exactly one of --input FILE or --training FILE"),
+        ({"in.yaml": "a: 1\n", "t.yaml": "kind: Training\n"}, ["--input", "{tmp}/in.yaml", "--training", "{tmp}/t.yaml"],
+         "give exactly one of --input FILE or --training FILE"),
+    ],
+)
+def test_unusable_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                   files: dict[str, str | bytes], args: list[str], message: str) -> None:
+    for name, content in files.items():
+        write(tmp_path, name, content)
+    code, out, err = run(capsys, "validate", "--schema", str(ALL_INPUTS), *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2
+    assert out == ""
+    assert err.startswith("cogtrain validate: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ("not json at all {", "schema.json: schema: not valid JSON"),
+        ('{"components": {"schemas": {"TrainingInput": {"properties": {"a": {"type": "int"}}}}}}',
+         "schema: components.schemas.TrainingInput.properties.a.type is 'int', not a JSON type"),
+        ('{"components": {"schemas": {"Input": {}}}, "paths": {"/predictions": {}}}',
+         "this model's cog.yaml has no `train:`"),
+    ],
+)
+def test_broken_schema_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, schema: str, message: str) -> None:
+    schema_path = write(tmp_path, "schema.json", schema)
+    inputs = write(tmp_path, "in.yaml", "a: 1\n")
+    code, _, err = run(capsys, "validate", "--schema", str(schema_path), "--input", str(inputs))
+    assert code == 2 and message in err
+
+
+def test_schema_folder_without_cog_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    inputs = write(tmp_path, "in.yaml", "a: 1\n")
+    code, _, err = run(capsys, "validate", "--schema", str(tmp_path), "--input", str(inputs))
+    assert code == 2 and "a folder without .cog/openapi_schema.json" in err
+
+
+def test_argparse_usage_error_exits_2() -> None:
+    done = subprocess.run([sys.executable, "-m", "cogtrain.cli", "validate"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--schema" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_crd_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "crd")
+    assert code == 0 and out == render_crd()
+    target = tmp_path / "crd.yaml"
+    assert run(capsys, "crd", "-o", str(target))[0] == 0
+    assert target.read_text() == render_crd()
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "cogtrain"
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("cogtrain ")
