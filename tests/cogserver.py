@@ -69,8 +69,17 @@ class CogServer:
             return status, text.decode(errors="replace")
 
     def train(self, inputs: dict[str, Any]) -> tuple[int, Any]:
-        """Run a training synchronously; 422 means the server refused the input."""
-        return self.request("POST", "/trainings", {"input": inputs})
+        """Run a training synchronously; 422 means the server refused the input.
+
+        Cog frees its single slot a moment after answering, so a request sent right after the
+        previous one can get 409 "At capacity"; that is retried.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = self.request("POST", "/trainings", {"input": inputs})
+            if status != 409 or time.monotonic() > deadline:
+                return status, body
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.process.poll() is None:
