@@ -51,3 +51,11 @@ ensure_venv() {
   "$VENV/bin/python" -c 'import cogtrain' || { echo "installing the project into .venv failed" >&2; return 1; }
   echo "$wanted" >> "$stamp"
 }
+
+# ensure_command COMMAND DEBIAN_PACKAGE: install the package with apt-get when the command is missing.
+ensure_command() {
+  local command="$1" package="$2"
+  if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "/usr/bin/$command" ]; then
+    _apt_install "$package" || { echo "the tests need $command: apt-get install $package" >&2; return 1; }
+  fi
+}

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
 from cogserver import CogServer, prepare_model, start_cog_server
 from cogtrain.schema import TrainingSchema, parse_schema
+from k8s_server import KubeAPI, start_kube_api
+from registry_server import OCI_MANIFEST, Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -55,3 +60,78 @@ def cog_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     yield Servers()
     for server in started.values():
         server.stop()
+
+
+def cog_labels(model: str) -> dict[str, str]:
+    """The labels `cog build` puts on an image of a fixture model."""
+    config = yaml.safe_load((model_dirs()[model] / "cog.yaml").read_text())
+    return {
+        "run.cog.openapi_schema": schema_file(model_dirs()[model]).read_text(),
+        "run.cog.config": json.dumps(config),
+        "run.cog.version": "0.23.1",
+    }
+
+
+def predict_only_labels() -> dict[str, str]:
+    """A Cog image built without `train:`: its schema has only the prediction interface."""
+    document = load_schema_document("hello-train")
+    schemas = document["components"]["schemas"]
+    schemas["Input"] = schemas.pop("TrainingInput")
+    schemas["Output"] = schemas.pop("TrainingOutput")
+    for name in ("TrainingRequest", "TrainingResponse"):
+        schemas.pop(name, None)
+    document["paths"] = {"/predictions": {}, "/health-check": {}, "/shutdown": {}}
+    return {"run.cog.openapi_schema": json.dumps(document), "run.cog.config": json.dumps({"predict": "p.py:P"})}
+
+
+USERS = {"admin": "admin-pass", "reader": "reader-pass"}
+
+
+@dataclass
+class Registries:
+    anonymous: Registry
+    htpasswd: Registry
+    token: Registry
+    digests: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    """Three real registries (anonymous, htpasswd, token auth) holding the test images."""
+    base = tmp_path_factory.mktemp("registries")
+    started = []
+    try:
+        anonymous = start_registry(base / "anonymous")
+        started.append(anonymous)
+        htpasswd = start_registry(base / "htpasswd", auth="htpasswd", users=USERS)
+        started.append(htpasswd)
+        token = start_registry(base / "token", auth="token", users=USERS)
+        started.append(token)
+        digests = {}
+        for model in ("all-inputs", "hello-train", "training-output", "edge-cases"):
+            digests[model] = anonymous.push_image(f"acme/{model}", "1.0", cog_labels(model))
+        digests["oci"] = anonymous.push_image("acme/oci", "1.0", cog_labels("training-output"), media_type=OCI_MANIFEST)
+        digests["plain"] = anonymous.push_image("acme/plain", "1.0", None)
+        digests["predict-only"] = anonymous.push_image("acme/predict-only", "1.0", predict_only_labels())
+        old = {"org.cogmodel.openapi_schema": cog_labels("hello-train")["run.cog.openapi_schema"]}
+        digests["old-label"] = anonymous.push_image("acme/old-label", "1.0", old)
+        digests["broken"] = anonymous.push_image("acme/broken", "1.0", {"run.cog.openapi_schema": "{not json"})
+        digests["multi"] = anonymous.push_index(
+            "acme/multi", "1.0", {"linux/arm64": {"run.cog.openapi_schema": "{}"}, "linux/amd64": cog_labels("all-inputs")})
+        digests["arm-only"] = anonymous.push_index("acme/arm-only", "1.0", {"linux/arm64": cog_labels("all-inputs")})
+        digests["tamper-config"] = anonymous.push_image("acme/tamper-config", "1.0", cog_labels("hello-train"))
+        digests["tamper-manifest"] = anonymous.push_image("acme/tamper-manifest", "1.0", cog_labels("hello-train"))
+        for registry in (htpasswd, token):
+            digests[f"private-{registry is token}"] = registry.push_image("acme/private", "1.0", cog_labels("all-inputs"))
+        yield Registries(anonymous, htpasswd, token, digests)
+    finally:
+        for registry in started:
+            registry.stop()
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeAPI]:
+    """A Kubernetes API (kmock's emulator) on loopback."""
+    api = start_kube_api()
+    yield api
+    api.stop()

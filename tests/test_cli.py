@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cogtrain.cli import main, render_crd
-from conftest import EXAMPLES, FIXTURE_MODELS, ROOT, TEST_MODELS
+from conftest import EXAMPLES, FIXTURE_MODELS, ROOT, TEST_MODELS, USERS, Registries
 
 ALL_INPUTS = FIXTURE_MODELS / "all-inputs" / "openapi_schema.json"
 
@@ -199,9 +200,9 @@ def test_schema_folder_without_cog_dir(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_argparse_usage_error_exits_2() -> None:
-    done = subprocess.run([sys.executable, "-m", "cogtrain.cli", "validate"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "cogtrain.cli", "validate", "--bogus"], capture_output=True, text=True)
     assert done.returncode == 2
-    assert "--schema" in done.stderr and "Traceback" not in done.stderr
+    assert "unrecognized arguments: --bogus" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_crd_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -216,3 +217,113 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "cogtrain"
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("cogtrain ")
+
+
+# --- reading the schema from a registry ------------------------------------------------------
+
+
+def test_schema_table(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
+    host = registries.anonymous.host
+    code, out, err = run(capsys, "schema", f"{host}/acme/all-inputs:1.0")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"{host}/acme/all-inputs@{registries.digests['all-inputs']}"
+    header = lines[3]
+    assert header.split() == ["NAME", "TYPE", "DEFAULT", "CONSTRAINTS", "DESCRIPTION"]
+    rows = {line.split()[0]: line for line in lines[4:] if line and not line.startswith("output:")}
+    assert list(rows) == ["train_data", "steps", "learning_rate", "optimizer", "batch_size", "run_name",
+                          "use_lora", "tags", "hf_token", "caption_prefix", "seed", "notes"]
+    assert rows["train_data"].split()[1:3] == ["uri", "required"]
+    assert rows["steps"].split()[1:4] == ["integer", "100", "1..10000"] and rows["steps"].endswith("Optimizer steps")
+    assert 'one of: "adamw", "sgd", "lion"' in rows["optimizer"]
+    assert "1..32 characters; matches ^[a-z0-9-]+$" in rows["run_name"]
+    assert rows["tags"].split()[1:3] == ["list[string]", "null"]
+    assert rows["hf_token"].split()[1] == "secret" and "give it in secretInputs" in rows["hf_token"]
+    assert rows["caption_prefix"].split()[2] == "required"
+    assert lines[-1] == "output: file"
+    column = header.index("DESCRIPTION")
+    assert all(row[column:].strip() for row in rows.values() if row.split()[0] != "seed" and row.split()[0] != "notes")
+
+
+def test_schema_output_object_and_deprecated(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
+    code, out, _ = run(capsys, "schema", f"{registries.anonymous.host}/acme/training-output:1.0")
+    assert code == 0 and out.splitlines()[-1] == "output: object {weights: file}"
+    code, out, _ = run(capsys, "schema", f"{registries.anonymous.host}/acme/edge-cases:1.0")
+    assert code == 0 and "deprecated" in [line for line in out.splitlines() if line.startswith("old ")][0]
+
+
+def test_schema_json(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
+    code, out, _ = run(capsys, "schema", "--json", f"{registries.anonymous.host}/acme/all-inputs:1.0")
+    assert code == 0
+    assert json.loads(out) == json.loads((FIXTURE_MODELS / "all-inputs" / "openapi_schema.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ("acme/nothing:1.0", "ImageNotFound"),
+        ("acme/all-inputs:2.0", "TagNotFound"),
+        ("acme/plain:1.0", "NotACogImage"),
+        ("acme/predict-only:1.0", "NoTrainingInterface"),
+        ("acme/broken:1.0", "MalformedSchema"),
+    ],
+)
+def test_schema_failures_exit_1_with_one_line(capsys: pytest.CaptureFixture[str], registries: Registries,
+                                              image: str, reason: str) -> None:
+    code, out, err = run(capsys, "schema", f"{registries.anonymous.host}/{image}")
+    assert code == 1 and out == ""
+    assert err.startswith(f"cogtrain schema: {reason}: ") and err.count("\n") == 1
+
+
+def test_schema_unreachable_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from cogserver import free_port
+
+    code, _, err = run(capsys, "schema", "--timeout", "2", f"127.0.0.1:{free_port()}/acme/m:1")
+    assert code == 1 and err.startswith("cogtrain schema: RegistryUnavailable: ")
+
+
+def test_schema_private_registry_with_registry_config(capsys: pytest.CaptureFixture[str], registries: Registries,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nowhere"))
+    host = registries.token.host
+    image = f"{host}/acme/private:1.0"
+    code, _, err = run(capsys, "schema", image)
+    assert code == 1 and "cogtrain schema: Unauthorized: " in err
+    config = write(tmp_path, "config.json", json.dumps({"auths": {host: {"username": "reader", "password": USERS["reader"]}}}))
+    code, out, _ = run(capsys, "schema", "--registry-config", str(config), image)
+    assert code == 0 and "train_data" in out
+    bad = write(tmp_path, "bad.json", json.dumps({"auths": {host: {"username": "reader", "password": "nope"}}}))
+    code, _, err = run(capsys, "schema", "--registry-config", str(bad), image)
+    assert code == 1 and f"with the credentials of {bad}" in err and "nope" not in err
+    docker_dir = tmp_path / "docker"
+    docker_dir.mkdir()
+    (docker_dir / "config.json").write_text(config.read_text())
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_dir))
+    assert run(capsys, "schema", image)[0] == 0, "Docker's own config file is read by default"
+
+
+def test_insecure_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cogtrain.cli import build_parser, registry_client
+    from cogtrain.reference import parse_reference
+
+    image = "registry.ml.svc:5000/acme/m:1"
+    reference = parse_reference(image)
+    monkeypatch.delenv("COGTRAIN_INSECURE_REGISTRIES", raising=False)
+    assert registry_client(build_parser().parse_args(["schema", image])).scheme_for(reference) == "https"
+    assert registry_client(build_parser().parse_args(["schema", "--insecure", image])).scheme_for(reference) == "http"
+    monkeypatch.setenv("COGTRAIN_INSECURE_REGISTRIES", "other.svc, registry.ml.svc:5000")
+    assert registry_client(build_parser().parse_args(["schema", image])).scheme_for(reference) == "http"
+
+
+def test_validate_with_model_image(capsys: pytest.CaptureFixture[str], registries: Registries, tmp_path: Path) -> None:
+    image = f"{registries.anonymous.host}/acme/all-inputs:1.0"
+    good = write(tmp_path, "good.yaml", "train_data: https://x/y.zip\ncaption_prefix: tok\n")
+    code, out, _ = run(capsys, "validate", "--model", image, "--input", str(good))
+    assert code == 0 and json.loads(out)["caption_prefix"] == "tok"
+    bad = write(tmp_path, "bad.yaml", "steps: 0\n")
+    code, out, _ = run(capsys, "validate", "--model", image, "--input", str(bad))
+    assert code == 1 and out.splitlines()[0] == "input.steps: 0 is less than the minimum of 1 (allowed: 1..10000)"
+    code, _, err = run(capsys, "validate", "--model", image, "--schema", str(ALL_INPUTS), "--input", str(good))
+    assert code == 2 and "give exactly one of --schema FILE or --model IMAGE" in err
+    code, _, err = run(capsys, "validate", "--model", f"{registries.anonymous.host}/acme/nothing:1", "--input", str(good))
+    assert code == 2 and "not found" in err

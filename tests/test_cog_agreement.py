@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from cogtrain.schema import InputSpec, TrainingSchema, parse_schema
 from cogtrain.validation import validate_input
 from conftest import load_schema_document, model_dirs

@@ -12,6 +12,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from cogtrain import api
 from cogtrain.cli import render_crd
 from cogtrain.crd import training_crd

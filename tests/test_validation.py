@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+
 from cogtrain.schema import TrainingSchema
 from cogtrain.validation import MAX_DEPTH, show, validate_input
 

@@ -113,7 +113,8 @@ def _same_json(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _range(low: Any, high: Any, low_open: bool = False, high_open: bool = False, unit: str = "") -> str:
+def allowed_range(low: Any, high: Any, low_open: bool = False, high_open: bool = False, unit: str = "") -> str:
+    """'1..10000', '>= 0', '> 0 and < 1': the range a bound allows, as messages and tables show it."""
     if low is not None and high is not None and not (low_open or high_open):
         return f"{show(low)}..{show(high)}{unit}"
     parts = []
@@ -205,7 +206,7 @@ def check_value(value: Any, expected: ValueType, where: str) -> tuple[Any, list[
 
 
 def _check_bounds(value: int | float, expected: ValueType, where: str) -> list[Problem]:
-    allowed = _range(expected.minimum, expected.maximum, expected.exclusive_minimum, expected.exclusive_maximum)
+    allowed = allowed_range(expected.minimum, expected.maximum, expected.exclusive_minimum, expected.exclusive_maximum)
     low, high = expected.minimum, expected.maximum
     if low is not None and (value < low or (expected.exclusive_minimum and value == low)):
         word = "not greater than" if expected.exclusive_minimum else "less than"
@@ -219,7 +220,7 @@ def _check_bounds(value: int | float, expected: ValueType, where: str) -> list[P
 def _check_string(value: str, expected: ValueType, where: str) -> list[Problem]:
     problems = []
     length = len(value)
-    allowed = _range(expected.min_length, expected.max_length, unit=" characters")
+    allowed = allowed_range(expected.min_length, expected.max_length, unit=" characters")
     if expected.min_length is not None and length < expected.min_length:
         problems.append(
             Problem(where, f"{show(value)} is {length} characters long, shorter than the minimum of "
@@ -243,7 +244,7 @@ def _check_string(value: str, expected: ValueType, where: str) -> list[Problem]:
 def _check_items(value: list[Any], expected: ValueType, where: str) -> tuple[list[Any], list[Problem]]:
     problems = []
     count = len(value)
-    allowed = _range(expected.min_items, expected.max_items, unit=" items")
+    allowed = allowed_range(expected.min_items, expected.max_items, unit=" items")
     if expected.min_items is not None and count < expected.min_items:
         problems.append(Problem(where, f"the list has {count} items, fewer than the minimum of "
                                 f"{expected.min_items} (allowed: {allowed})"))
