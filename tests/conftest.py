@@ -130,8 +130,10 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]
 
 
 @pytest.fixture(scope="session")
-def kube() -> Iterator[KubeAPI]:
-    """A Kubernetes API (kmock's emulator) on loopback."""
-    api = start_kube_api()
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
+    """A Kubernetes API (kmock-based emulator) on loopback, serving built-ins and the Training CRD."""
+    from cogtrain.crd import training_crd
+
+    api = start_kube_api(tmp_path_factory.mktemp("kube"), [training_crd()])
     yield api
     api.stop()

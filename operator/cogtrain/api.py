@@ -174,7 +174,11 @@ class TrainingSpec(_Model):
     service_account_name: str | None = Field(
         default=None,
         max_length=253,
-        description="ServiceAccount of the training Pod. Its token is not mounted.",
+        description="ServiceAccount of the training Pod; its token is mounted only with automountServiceAccountToken.",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the service account's API token into the training Pod (off: training code rarely needs it).",
     )
     active_deadline_seconds: int | None = Field(
         default=None,
@@ -289,6 +293,7 @@ class ObjectMeta(BaseModel):
 
     name: str | None = None
     namespace: str | None = None
+    uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None

@@ -152,6 +152,39 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the operator until interrupted: kopf with this project's handlers."""
+    import kopf
+    from kubernetes import client, config
+
+    from . import handlers
+    from .settings import settings_from
+
+    if not args.all_namespaces and not args.namespace:
+        raise UsageError("give --all-namespaces (-A) or one --namespace NS per namespace to watch")
+    kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet,
+                   log_format=kopf.LogFormat[args.log_format.upper()])
+    try:
+        config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, ~/.kube/config, or in-cluster
+    except config.ConfigException as error:
+        raise UsageError(f"no Kubernetes configuration: {error}") from None
+    settings = settings_from(
+        os.environ, insecure_registries=args.insecure_registry, driver_image=args.driver_image,
+        gpu_resource_name=args.gpu_resource_name, default_destination=args.default_destination,
+        registry_timeout=args.registry_timeout)
+    runtime = handlers.Runtime.create(settings, client.ApiClient())
+    kopf.run(
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        standalone=args.standalone,
+        peering_name=args.peering,
+        priority=args.priority,
+        memo=kopf.Memo(runtime=runtime),
+    )
+    return EXIT_OK
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     text = render_crd()
     if args.output:
@@ -224,6 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--json", action="store_true", help="print the whole OpenAPI document instead")
     _registry_arguments(schema)
     schema.set_defaults(handler=cmd_schema)
+
+    operator = commands.add_parser(
+        "operator", help="run the operator (in a cluster, or against your kubeconfig)",
+        description=(
+            "Watch Trainings and run them as Jobs. Uses KUBECONFIG / ~/.kube/config, or the in-cluster "
+            "service account. Flags follow `kopf run`; each setting can also come from COGTRAIN_* variables."
+        ),
+    )
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch Trainings in every namespace")
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; glob patterns as in kopf)")
+    operator.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    operator.add_argument("-v", "--verbose", action="store_true")
+    operator.add_argument("--debug", action="store_true")
+    operator.add_argument("-q", "--quiet", action="store_true")
+    operator.add_argument("--standalone", action="store_true", default=None,
+                          help="do not coordinate with other instances (no kopf peering)")
+    operator.add_argument("--peering", metavar="NAME", help="the kopf peering object shared by instances")
+    operator.add_argument("--priority", type=int, help="this instance's peering priority")
+    operator.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                          help="reach this registry over plain HTTP (repeatable; also COGTRAIN_INSECURE_REGISTRIES)")
+    operator.add_argument("--driver-image", help="the image running `cogtrain drive` (COGTRAIN_DRIVER_IMAGE)")
+    operator.add_argument("--gpu-resource-name", help="default GPU resource, e.g. nvidia.com/gpu")
+    operator.add_argument("--default-destination", help="where outputs go when a Training names no destination")
+    operator.add_argument("--registry-timeout", type=float, help="seconds to wait for a registry (default 10)")
+    operator.set_defaults(handler=cmd_operator)
 
     crd = commands.add_parser(
         "crd", help="print the Training CustomResourceDefinition",

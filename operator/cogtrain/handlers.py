@@ -1,0 +1,339 @@
+"""kopf handlers: thin wiring of the pure functions (validate, build, observe, advance) to the API.
+
+- A Training is reconciled on creation and when the operator starts (resume): its model's schema
+  is resolved, its inputs validated, and its Job created (or adopted, after a restart).
+- Jobs and Pods labelled for a Training are indexed; every change to them recomputes the
+  Training's status through the status subresource.
+- `spec.cancel` deletes the Job and marks the Training Canceled; `spec.suspend` is passed on.
+Deleting a Training deletes its Job through the ownerReference (no finalizer).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+import pydantic
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import api
+from .credentials import read_pull_secrets
+from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
+from .registry import RegistryClient, RegistryError
+from .resolver import SchemaResolver
+from .settings import Settings
+from .status import TERMINAL, Observation, advance, conditions, observe
+from .validation import validate_input
+
+LOGGER = logging.getLogger("cogtrain")
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+TRAININGS = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+@dataclass
+class Runtime:
+    """What the handlers share: settings, the schema resolver, the API client, a clock."""
+
+    settings: Settings
+    api_client: client.ApiClient
+    resolver: SchemaResolver
+    now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
+
+    @classmethod
+    def create(cls, settings: Settings, api_client: client.ApiClient) -> Runtime:
+        registry = RegistryClient(insecure_registries=settings.insecure_registries, timeout=settings.registry_timeout)
+        return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry))
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api_client)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api_client)
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts."""
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="cog.run", key="last-handled-configuration")
+    settings.persistence.finalizer = "cog.run/finalizer"
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "cog-training-operator"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+    settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
+    settings.execution.max_workers = 16
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a cluster, the service account; elsewhere KUBECONFIG or ~/.kube/config, as kubectl does."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+# --- indexes of the Jobs and Pods the operator made ---------------------------------------------
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def training_jobs(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels.get(LABEL_TRAINING)): dict(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def training_pods(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels.get(LABEL_TRAINING)): dict(body)}
+
+
+# --- reconciling a Training -----------------------------------------------------------------
+
+
+def _status_patch(runtime: Runtime, body: Mapping[str, Any], phase: api.Phase, reason: str, message: str,
+                  validated: tuple[bool | None, str, str] | None, **fields: Any) -> dict[str, Any]:
+    status = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
+    if phase is api.Phase.FAILED:
+        patch["error"] = message
+    if phase in TERMINAL:
+        patch["completionTime"] = runtime.now().isoformat().replace("+00:00", "Z")
+    patch["conditions"] = conditions(phase, reason, message, generation, status.get("conditions") or [],
+                                     runtime.now(), validated)
+    return patch
+
+
+def _fail(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
+    patch.status.update(_status_patch(runtime, body, api.Phase.FAILED, reason, message, (False, reason, message)))
+    kopf.warn(body, reason=reason, message=message)
+    LOGGER.info("Training %s/%s failed validation: %s", body.meta.namespace, body.meta.name, message)
+
+
+def _owned_by(obj: Mapping[str, Any] | None, uid: str | None) -> bool:
+    owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(owner.get("uid") == uid for owner in owners)
+
+
+def _plain(runtime: Runtime, obj: Any) -> Any:
+    """An API model as the JSON the server sent (camelCase keys)."""
+    return runtime.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+
+def _read_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        job: dict[str, Any] = _plain(runtime, runtime.batch.read_namespaced_job(name, namespace))
+        return job
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def _read_pods(runtime: Runtime, namespace: str, training: str) -> list[dict[str, Any]]:
+    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TRAINING}={training}"
+    pods = runtime.core.list_namespaced_pod(namespace, label_selector=selector)
+    found: list[dict[str, Any]] = _plain(runtime, pods).get("items") or []
+    return [p for p in found if (p.get("metadata", {}).get("labels") or {}).get(LABEL_TRAINING) == training]
+
+
+def _announce(body: Mapping[str, Any], before: str | None, after: Mapping[str, Any]) -> None:
+    phase = after.get("phase")
+    if phase == before:
+        return
+    ready: Mapping[str, Any] = next((c for c in after.get("conditions") or [] if c["type"] == "Ready"), {})
+    message = after.get("error") or ready.get("message") or str(phase)
+    target = cast(kopf.Body, body)
+    if phase == api.Phase.FAILED.value:
+        kopf.warn(target, reason="Failed", message=message)
+    else:
+        kopf.info(target, reason=str(phase), message=message)
+
+
+@kopf.on.resume(*TRAININGS)
+@kopf.on.create(*TRAININGS)
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    """Validate the Training against its model and create its Job, or adopt the Job it already has."""
+    runtime = _runtime(memo)
+    status = body.get("status") or {}
+    if status.get("phase") in {p.value for p in TERMINAL}:
+        return
+    try:
+        training = api.Training.model_validate(dict(body))
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        _fail(runtime, body, patch, "InvalidSpec", problems)
+        return
+    namespace, name = training.metadata.namespace or "default", training.metadata.name or ""
+    if training.spec.cancel:
+        _cancel(runtime, body, patch)
+        return
+
+    existing = _read_job(runtime, namespace, job_name(training))
+    if existing is not None and _owned_by(existing, training.metadata.uid):
+        _adopt(runtime, body, patch, existing, _read_pods(runtime, namespace, name), training)
+        return
+
+    spec = training.spec
+    pull_secrets = [ref.name for ref in spec.image_pull_secrets or [] if ref.name]
+    keyring, notes = read_pull_secrets(runtime.core, namespace, pull_secrets, spec.service_account_name or "default")
+    try:
+        model = runtime.resolver.resolve(spec.model, keyring)
+    except RegistryError as error:
+        message = str(error) + (f" ({'; '.join(notes)})" if notes else "")
+        if not error.retryable:
+            _fail(runtime, body, patch, error.kind.value, message)
+            return
+        patch.status.update(_status_patch(runtime, body, api.Phase.PENDING, error.kind.value, message,
+                                          (None, error.kind.value, message)))
+        raise kopf.TemporaryError(message, delay=min(300, 5 * 2 ** min(retry, 6))) from None
+
+    result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
+    for warning in result.warnings:
+        kopf.warn(body, reason="DeprecatedInput", message=str(warning))
+    if not result.ok:
+        _fail(runtime, body, patch, "InvalidInput", "; ".join(str(p) for p in result.problems))
+        return
+    if not (spec.destination or runtime.settings.default_destination):
+        _fail(runtime, body, patch, "NoDestination",
+              "spec.destination is not set and the operator has no default destination "
+              "(set spec.destination to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)")
+        return
+
+    manifest = build_job(training, model.pinned, result.input, runtime.settings)
+    try:
+        runtime.batch.create_namespaced_job(namespace, cast(client.V1Job, manifest))
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        existing = _read_job(runtime, namespace, manifest["metadata"]["name"])
+        if not _owned_by(existing, training.metadata.uid):
+            _fail(runtime, body, patch, "JobConflict",
+                  f"a Job named {manifest['metadata']['name']} already exists and does not belong to this Training")
+            return
+    message = f"created Job {manifest['metadata']['name']} running {model.pinned}"
+    patch.status.update(_status_patch(
+        runtime, body, api.Phase.PENDING, "JobCreated", message,
+        (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
+        imageDigest=model.pinned, jobName=manifest["metadata"]["name"]))
+    kopf.info(body, reason="JobCreated", message=message)
+
+
+def _adopt(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, job: Mapping[str, Any],
+           pods: Iterable[Mapping[str, Any]], training: api.Training) -> None:
+    """After a restart: the Job exists, so only bring the status up to what it shows."""
+    status = dict(body.get("status") or {})
+    if not status.get("jobName"):
+        status.update(_status_patch(runtime, body, api.Phase.PENDING, "JobAdopted",
+                                    f"adopted the existing Job {job['metadata']['name']}",
+                                    (True, "InputsValid", "the Job was created from validated inputs"),
+                                    jobName=job["metadata"]["name"]))
+        patch.status.update(status)
+    observation = observe(job, pods, training.spec.active_deadline_seconds)
+    update = advance(status, observation, training.metadata.generation, runtime.now())
+    if update:
+        patch.status.update(update)
+        _announce(body, (body.get("status") or {}).get("phase"), update)
+
+
+# --- cancel and suspend ----------------------------------------------------------------------
+
+
+def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
+    status = body.get("status") or {}
+    if status.get("phase") in {p.value for p in TERMINAL}:
+        return
+    name = status.get("jobName") or job_name(api.Training.model_validate(dict(body)))
+    try:
+        runtime.batch.delete_namespaced_job(name, str(body.meta.namespace), propagation_policy="Background",
+                                            grace_period_seconds=runtime.settings.termination_grace_seconds)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    message = "the training was canceled (spec.cancel); its Job was deleted"
+    patch.status.update(_status_patch(runtime, body, api.Phase.CANCELED, "Canceled", message, None))
+    kopf.info(body, reason="Canceled", message=message)
+
+
+@kopf.on.field(*TRAININGS, field="spec.cancel", new=True)
+def cancel(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """spec.cancel: true stops the run; the driver gets SIGTERM and cancels the Cog training."""
+    _cancel(_runtime(memo), body, patch)
+
+
+@kopf.on.field(*TRAININGS, field="spec.suspend")
+def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    """spec.suspend is passed on to the Job (Kueue suspends and resumes Jobs the same way)."""
+    runtime = _runtime(memo)
+    name = (body.get("status") or {}).get("jobName")
+    if not name or (body.get("status") or {}).get("phase") in {p.value for p in TERMINAL}:
+        return
+    try:
+        runtime.batch.patch_namespaced_job(name, str(body.meta.namespace), {"spec": {"suspend": bool(new)}})
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+# --- following the Job and its Pods -----------------------------------------------------------
+
+
+def sync_status(runtime: Runtime, namespace: str, training_name: str | None,
+                jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> None:
+    """Recompute one Training's status from its Job and Pods and write it if it changed."""
+    if not training_name:
+        return
+    try:
+        training: dict[str, Any] = cast(dict[str, Any], runtime.custom.get_namespaced_custom_object(
+            *TRAININGS[:2], namespace, TRAININGS[2], training_name))
+    except ApiException as error:
+        if error.status == 404:
+            return
+        raise
+    uid = training["metadata"].get("uid")
+    status = training.get("status") or {}
+    job = next((j for j in jobs if _owned_by(j, uid)), None)
+    if job is None or not status.get("jobName"):
+        return  # not created by this Training yet, or deleted (cancel, TTL): the status stays as it is
+    observation: Observation = observe(job, pods, (training.get("spec") or {}).get("activeDeadlineSeconds"))
+    update = advance(status, observation, training["metadata"].get("generation"), runtime.now())
+    if not update:
+        return
+    runtime.custom.patch_namespaced_custom_object_status(*TRAININGS[:2], namespace, TRAININGS[2], training_name,
+                                                         {"status": update})
+    _announce(training, status.get("phase"), update)
+
+
+def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any]) -> None:
+    key = (namespace, labels.get(LABEL_TRAINING))
+    jobs: kopf.Index[Any, Any] = indexes["training_jobs"]
+    pods: kopf.Index[Any, Any] = indexes["training_pods"]
+    sync_status(_runtime(memo), str(namespace), key[1], jobs.get(key, []), pods.get(key, []))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
+    _child_event(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
+    _child_event(namespace, labels, memo, kwargs)

@@ -1,0 +1,265 @@
+"""Build the batch/v1 Job that runs one Training: a pure function, from a Training to a manifest.
+
+The Pod has two containers (see docs/driver.md):
+- `model`, the Cog image pinned to its digest, running Cog's HTTP server in train mode as a
+  native sidecar (an init container with `restartPolicy: Always`), with the GPUs;
+- `driver`, this project's image running `cogtrain drive`, which sends the training to the
+  model server, stores the output files and reports the result in its termination message.
+The Pod ends when the driver ends, and the driver's exit code decides its phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from .api import API_VERSION, KIND, SecretKeySelector, Training
+from .settings import Settings
+
+MODEL_CONTAINER = "model"
+DRIVER_CONTAINER = "driver"
+MODEL_PORT = 5000
+DRIVER_PORT = 5080
+INPUT_ENV_PREFIX = "COGTRAIN_INPUT_"
+SECRET_ENV_PREFIX = "COGTRAIN_SECRET_INPUT_"
+DESTINATION_MOUNT = "/destination"
+SCRATCH_MOUNT = "/scratch"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_TRAINING = "cog.run/training"
+MANAGED_BY = "cog-training-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PASSED_THROUGH_LABELS = (KUEUE_QUEUE_LABEL, "kueue.x-k8s.io/priority-class")
+
+
+class ExitCode:
+    """The driver's exit codes; all but 0 are final (the Job's podFailurePolicy fails the Job)."""
+
+    SUCCEEDED = 0
+    TRAINING_FAILED = 10
+    SETUP_FAILED = 11
+    INPUT_REJECTED = 12
+    DESTINATION_UNWRITABLE = 13
+    CANCELED = 14
+    MODEL_UNREACHABLE = 15
+
+    FINAL = (10, 11, 12, 13, 14, 15)
+
+
+def job_name(training: Training) -> str:
+    """Deterministic, so a restarted operator finds the Job instead of creating a second one.
+
+    The Training's name (shortened to fit a label value) plus a hash of its uid, so a Training
+    deleted and created again under the same name never adopts its predecessor's Job.
+    """
+    name = re.sub(r"[^a-z0-9-]", "-", (training.metadata.name or "training").lower()).strip("-") or "training"
+    identity = training.metadata.uid or f"{training.metadata.namespace}/{training.metadata.name}"
+    suffix = hashlib.sha256(identity.encode()).hexdigest()[:5]
+    return f"{name[:57].rstrip('-')}-{suffix}"
+
+
+def labels_for(training: Training) -> dict[str, str]:
+    labels = {
+        LABEL_NAME: "cog-training",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_TRAINING: training.metadata.name or "",
+    }
+    for key in PASSED_THROUGH_LABELS:
+        value = (training.metadata.labels or {}).get(key)
+        if value:
+            labels[key] = value
+    return labels
+
+
+def _input_env(inputs: dict[str, Any], secret_inputs: dict[str, SecretKeySelector]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": f"{INPUT_ENV_PREFIX}{name}", "value": json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
+        for name, value in inputs.items()
+    ]
+    env += [
+        {"name": f"{SECRET_ENV_PREFIX}{name}", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        for name, ref in secret_inputs.items()
+    ]
+    return env
+
+
+def _destination_volume(destination: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A pvc:// destination is mounted into the driver; s3:// needs no volume."""
+    if not destination.startswith("pvc://"):
+        return None
+    claim = destination[len("pvc://"):].split("/", 1)[0]
+    return (
+        {"name": "destination", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "destination", "mountPath": DESTINATION_MOUNT},
+    )
+
+
+def _model_resources(training: Training, settings: Settings) -> dict[str, Any]:
+    resources = training.spec.resources
+    # Quantities as strings, their canonical JSON form (and what the typed client requires).
+    requests = {k: str(v) for k, v in (resources.requests or {}).items()} if resources else {}
+    limits = {k: str(v) for k, v in (resources.limits or {}).items()} if resources else {}
+    gpus = resources.gpus if resources else 1
+    gpu_name = (resources.gpu_resource_name if resources else None) or settings.gpu_resource_name
+    if gpus:
+        limits[gpu_name] = str(gpus)
+        requests.pop(gpu_name, None)  # extended resources: the limit is the request
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_job(
+    training: Training,
+    image: str,
+    inputs: dict[str, Any],
+    settings: Settings,
+) -> dict[str, Any]:
+    """The Job manifest for a validated Training; `image` is the model pinned to its digest."""
+    spec = training.spec
+    meta = training.metadata
+    name = job_name(training)
+    labels = labels_for(training)
+    destination = spec.destination or settings.default_destination or ""
+    secret_inputs = dict(spec.secret_inputs or {})
+
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if settings.shm_size:
+        shm["sizeLimit"] = settings.shm_size
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": shm},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    driver_mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
+    pvc = _destination_volume(destination)
+    if pvc is not None:
+        volumes.append(pvc[0])
+        driver_mounts.append(pvc[1])
+
+    model = {
+        "name": MODEL_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",  # a native sidecar: it stops when the driver is done
+        # The image's ENTRYPOINT (tini) stays; these replace its CMD.
+        "args": [
+            "python", "-m", "cog.server.http", "--x-mode", "train",
+            "--await-explicit-shutdown", "true",
+            "--upload-url", f"http://127.0.0.1:{DRIVER_PORT}/upload/",
+        ],
+        "env": [{"name": "PORT", "value": str(MODEL_PORT)}],
+        "ports": [{"name": "cog", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+        "resources": _model_resources(training, settings),
+        "startupProbe": {
+            "httpGet": {"path": "/health-check", "port": MODEL_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    driver = {
+        "name": DRIVER_CONTAINER,
+        "image": settings.driver_image,
+        "imagePullPolicy": settings.driver_image_pull_policy,
+        "args": [
+            "drive",
+            f"--model-url=http://127.0.0.1:{MODEL_PORT}",
+            f"--listen=127.0.0.1:{DRIVER_PORT}",
+            f"--training-id={meta.uid or name}",
+            f"--destination={destination}",
+            f"--destination-root={DESTINATION_MOUNT}",
+            f"--scratch={SCRATCH_MOUNT}",
+            f"--namespace={meta.namespace or ''}",
+            f"--name={meta.name or ''}",
+            f"--setup-timeout={settings.setup_timeout_seconds}",
+        ],
+        "env": _input_env(inputs, secret_inputs),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": driver_mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "automountServiceAccountToken": spec.automount_service_account_token,
+        "initContainers": [model],
+        "containers": [driver],
+        "volumes": volumes,
+    }
+    node_selector = {**settings.default_node_selector, **(spec.node_selector or {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in spec.tolerations or []]
+    tolerations += [t for t in settings.default_tolerations if t not in tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.affinity is not None:
+        pod_spec["affinity"] = spec.affinity.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for key, value in (
+        ("priorityClassName", spec.priority_class_name),
+        ("runtimeClassName", spec.runtime_class_name),
+        ("serviceAccountName", spec.service_account_name),
+    ):
+        if value:
+            pod_spec[key] = value
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in spec.image_pull_secrets if ref.name]
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "suspend": spec.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
+                                    "values": list(ExitCode.FINAL)},
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }

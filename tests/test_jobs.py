@@ -1,0 +1,177 @@
+"""The Job built for a Training: shape, pass-through fields, secrets, and validity for Kubernetes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from cogtrain.api import Training
+from cogtrain.jobs import (
+    DRIVER_CONTAINER,
+    INPUT_ENV_PREFIX,
+    MODEL_CONTAINER,
+    SECRET_ENV_PREFIX,
+    ExitCode,
+    build_job,
+    job_name,
+)
+from cogtrain.settings import Settings, settings_from
+from conftest import EXAMPLES
+from test_crd import K8S_VERSIONS
+
+IMAGE = "registry.example.com/acme/sdxl@sha256:" + "a" * 64
+
+
+def training(**spec: Any) -> Training:
+    manifest = yaml.safe_load((EXAMPLES / "training-output" / "training.yaml").read_text())
+    manifest["metadata"].update(namespace="ml", uid="0d4c7a8e-1111-2222-3333-444455556666")
+    manifest["spec"].update(spec)
+    return Training.model_validate(manifest)
+
+
+def containers(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = job["spec"]["template"]["spec"]
+    return pod["initContainers"][0], pod["containers"][0]
+
+
+INPUTS = {"train_data": "https://example.com/data.zip", "learning_rate": 0.0002, "seed": 7, "tags": ["a", "ü"]}
+
+
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+def test_job_is_valid_for_kubernetes(k8s_version: str) -> None:
+    job = build_job(training(secretInputs={"hf_token": {"name": "hf", "key": "token"}},
+                             destination="pvc://weights/team", serviceAccountName="trainer",
+                             imagePullSecrets=[{"name": "regcred"}], priorityClassName="gpu-high",
+                             runtimeClassName="nvidia",
+                             affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                                 "nodeSelectorTerms": [{"matchExpressions": [
+                                     {"key": "gpu", "operator": "In", "values": ["a100"]}]}]}}}),
+                    IMAGE, INPUTS, Settings(shm_size="8Gi"))
+    kubernetes_validate.validate(job, k8s_version, strict=True)
+
+
+def test_kubernetes_validate_rejects_a_broken_job() -> None:
+    job = build_job(training(), IMAGE, INPUTS, Settings())
+    job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 5
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+def test_name_is_deterministic_short_and_tied_to_the_uid() -> None:
+    assert job_name(training()) == job_name(training())
+    other = training()
+    other.metadata.uid = "another-uid"
+    assert job_name(other) != job_name(training())
+    long = training()
+    long.metadata.name = "a" * 100 + ".b"
+    assert len(job_name(long)) <= 63 and job_name(long).startswith("a" * 57 + "-")
+
+
+def test_owner_labels_and_pass_through() -> None:
+    job = build_job(training(activeDeadlineSeconds=600, ttlSecondsAfterFinished=30, backoffLimit=2, suspend=True),
+                    IMAGE, INPUTS, Settings())
+    meta = job["metadata"]
+    assert meta["namespace"] == "ml"
+    assert meta["ownerReferences"] == [{"apiVersion": "cog.run/v1alpha1", "kind": "Training", "name": "training-output",
+                                        "uid": "0d4c7a8e-1111-2222-3333-444455556666", "controller": True,
+                                        "blockOwnerDeletion": True}]
+    assert meta["labels"]["cog.run/training"] == "training-output"
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue", "the Kueue queue label is passed through"
+    assert job["spec"]["template"]["metadata"]["labels"] == meta["labels"]
+    spec = job["spec"]
+    assert (spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"], spec["backoffLimit"], spec["suspend"]) == (
+        600, 30, 2, True)
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_defaults_backoff_zero_and_no_token() -> None:
+    job = build_job(training(activeDeadlineSeconds=None), IMAGE, INPUTS, Settings())
+    assert job["spec"]["backoffLimit"] == 0
+    assert "activeDeadlineSeconds" not in job["spec"]
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    job = build_job(training(automountServiceAccountToken=True), IMAGE, INPUTS, Settings())
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_pod_failure_policy_fails_fast_on_the_driver_s_final_exits() -> None:
+    rules = build_job(training(), IMAGE, INPUTS, Settings())["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
+                                                             "values": list(ExitCode.FINAL)}}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+
+
+def test_model_container_runs_the_pinned_image_as_a_native_sidecar_with_the_gpus() -> None:
+    model, _ = containers(build_job(training(), IMAGE, INPUTS, Settings()))
+    assert model["name"] == MODEL_CONTAINER and model["image"] == IMAGE
+    assert model["restartPolicy"] == "Always"
+    assert model["args"][:5] == ["python", "-m", "cog.server.http", "--x-mode", "train"]
+    assert "--await-explicit-shutdown" in model["args"] and "--upload-url" in model["args"]
+    assert "command" not in model, "the image's tini entrypoint stays"
+    assert model["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "1"}}
+    assert model["startupProbe"]["httpGet"] == {"path": "/health-check", "port": 5000}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in model["volumeMounts"]
+
+
+def test_gpu_resource_name_from_spec_then_settings() -> None:
+    model, _ = containers(build_job(training(resources={"gpus": 2, "gpuResourceName": "amd.com/gpu"}),
+                                    IMAGE, INPUTS, Settings(gpu_resource_name="x.com/gpu")))
+    assert model["resources"] == {"limits": {"amd.com/gpu": "2"}}
+    model, _ = containers(build_job(training(resources={"gpus": 1}), IMAGE, INPUTS, Settings(gpu_resource_name="x.com/gpu")))
+    assert model["resources"] == {"limits": {"x.com/gpu": "1"}}
+    model, _ = containers(build_job(training(resources={"gpus": 0}), IMAGE, INPUTS, Settings()))
+    assert model["resources"] == {}
+
+
+def test_inputs_are_json_env_and_secrets_only_references() -> None:
+    job = build_job(training(secretInputs={"hf_token": {"name": "hf-credentials", "key": "token"}}),
+                    IMAGE, INPUTS, Settings())
+    _, driver = containers(job)
+    env = {e["name"]: e for e in driver["env"]}
+    assert {n: json.loads(e["value"]) for n, e in env.items() if n.startswith(INPUT_ENV_PREFIX)} == {
+        f"{INPUT_ENV_PREFIX}{k}": v for k, v in INPUTS.items()}
+    assert env[f"{SECRET_ENV_PREFIX}hf_token"] == {
+        "name": f"{SECRET_ENV_PREFIX}hf_token", "valueFrom": {"secretKeyRef": {"name": "hf-credentials", "key": "token"}}}
+    assert "value" not in env[f"{SECRET_ENV_PREFIX}hf_token"]
+
+
+def test_driver_is_unprivileged_and_reports_through_its_termination_message() -> None:
+    _, driver = containers(build_job(training(), IMAGE, INPUTS, Settings(driver_image="example.com/cogtrain:1")))
+    assert driver["image"] == "example.com/cogtrain:1"
+    assert driver["args"][0] == "drive"
+    security = driver["securityContext"]
+    assert security["runAsNonRoot"] and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["readOnlyRootFilesystem"]
+    assert driver["terminationMessagePolicy"] == "File"
+    assert "--training-id=0d4c7a8e-1111-2222-3333-444455556666" in driver["args"]
+
+
+def test_destinations() -> None:
+    job = build_job(training(destination="pvc://weights/team/a"), IMAGE, INPUTS, Settings())
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "destination", "persistentVolumeClaim": {"claimName": "weights"}} in pod["volumes"]
+    assert {"name": "destination", "mountPath": "/destination"} in pod["containers"][0]["volumeMounts"]
+    assert "--destination=pvc://weights/team/a" in pod["containers"][0]["args"]
+    job = build_job(training(destination=None), IMAGE, INPUTS, Settings(default_destination="s3://b/p/"))
+    pod = job["spec"]["template"]["spec"]
+    assert "--destination=s3://b/p/" in pod["containers"][0]["args"]
+    assert all(v["name"] != "destination" for v in pod["volumes"])
+
+
+def test_scheduling_merges_operator_defaults() -> None:
+    settings = settings_from({"COGTRAIN_DEFAULT_NODE_SELECTOR": '{"pool": "gpu", "nvidia.com/gpu.product": "X"}',
+                              "COGTRAIN_DEFAULT_TOLERATIONS": '[{"key": "gpu", "operator": "Exists"}]'})
+    pod = build_job(training(), IMAGE, INPUTS, settings)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                  {"key": "gpu", "operator": "Exists"}]
+
+
+def test_settings_from_environment_and_flags() -> None:
+    settings = settings_from({"COGTRAIN_DRIVER_IMAGE": "d:1", "COGTRAIN_INSECURE_REGISTRIES": "a:5000,b"},
+                             insecure_registries=["c", "a:5000"], gpu_resource_name="amd.com/gpu")
+    assert settings.driver_image == "d:1" and settings.gpu_resource_name == "amd.com/gpu"
+    assert settings.insecure_registries == ("a:5000", "b", "c")

@@ -1,0 +1,274 @@
+"""The operator running for real (kopf) against the test API server and a real registry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from cluster_sim import Cluster, RunningOperator, wait_for
+from cogtrain.handlers import Runtime
+from cogtrain.registry import RegistryClient
+from cogtrain.resolver import SchemaResolver
+from cogtrain.settings import Settings
+from conftest import Registries
+from k8s_server import KubeAPI
+from test_crd import K8S_VERSIONS
+
+DATA = "https://example.com/data.zip"
+
+
+@pytest.fixture()
+def runtime(kube: KubeAPI) -> Runtime:
+    return Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination="s3://weights/"),
+                   api_client=kube.api_client, resolver=SchemaResolver(RegistryClient(timeout=2)))
+
+
+@pytest.fixture()
+def operator(kube: KubeAPI, runtime: Runtime) -> Iterator[RunningOperator]:
+    running_operator = RunningOperator(kube, runtime).start()
+    yield running_operator
+    running_operator.stop()
+
+
+@pytest.fixture()
+def cluster(kube: KubeAPI) -> Cluster:
+    return Cluster(kube, f"ns-{uuid.uuid4().hex[:8]}")
+
+
+def model(registries: Registries, name: str = "training-output") -> str:
+    return f"{registries.anonymous.host}/acme/{name}:1.0"
+
+
+def spec(registries: Registries, **extra: Any) -> dict[str, Any]:
+    return {"model": model(registries), "input": {"train_data": DATA, "seed": 3}, **extra}
+
+
+def succeed(cluster: Cluster, name: str, report: dict[str, Any]) -> dict[str, Any]:
+    job = cluster.job(name)
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase(name, "Running")
+    cluster.finish_pod(pod, 0, report)
+    cluster.complete_job(job)
+    return cluster.wait_phase(name, "Succeeded")
+
+
+def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("tok", spec(registries, destination="s3://bucket/trainings/"))
+    job = cluster.job("tok")
+    pending = cluster.wait_phase("tok", "Pending")
+    digest = registries.digests["training-output"]
+    assert pending["imageDigest"] == f"{registries.anonymous.host}/acme/training-output@{digest}"
+    assert pending["jobName"] == job["metadata"]["name"]
+    assert cluster.condition("tok", "Validated")["status"] == "True"
+    assert cluster.condition("tok", "Reconciling")["status"] == "True"
+    model_container = job["spec"]["template"]["spec"]["initContainers"][0]
+    assert model_container["image"] == pending["imageDigest"]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+
+    report = {"status": "succeeded", "output": {"weights": "s3://bucket/trainings/ns/tok/weights.bin"}}
+    job_pod = cluster.start_pod(job)
+    cluster.run_pod(job_pod)
+    running_status = cluster.wait_phase("tok", "Running")
+    assert running_status["startTime"].startswith("2026-11-27T10:00:05")
+    cluster.finish_pod(job_pod, 0, report)
+    cluster.complete_job(job)
+    final = cluster.wait_phase("tok", "Succeeded")
+    assert final["output"] == report["output"]
+    assert final["weights"] == "s3://bucket/trainings/ns/tok/weights.bin"
+    assert final["completionTime"].startswith("2026-11-27T10:30:01")
+    conditions = {c["type"]: c for c in final["conditions"]}
+    assert {k: c["status"] for k, c in conditions.items()} == {
+        "Validated": "True", "Ready": "True", "Reconciling": "False", "Stalled": "False",
+        "Succeeded": "True", "Failed": "False"}
+    generation = cluster.training("tok")["metadata"]["generation"]
+    assert all(c["observedGeneration"] == generation for c in conditions.values())
+    assert final["observedGeneration"] == generation
+    reasons = wait_for(lambda: (r := {e["reason"] for e in cluster.events("tok")}) >= {"JobCreated", "Running", "Succeeded"}
+                       and r, what="events for each transition")
+    assert "Failed" not in reasons
+    assert len(cluster.jobs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("training_spec", "reason", "message"),
+    [
+        ({"input": {"train_data": DATA, "seed": "3", "lr": 1}}, "InvalidInput",
+         'input.seed: "3" is a string, but this input takes an integer; write 3 without quotes'),
+        ({"model_name": "plain"}, "NotACogImage", "is not a Cog model"),
+        ({"model_name": "predict-only"}, "NoTrainingInterface", "this model's cog.yaml has no `train:`"),
+        ({"model_name": "nothing"}, "ImageNotFound", "the registry has no repository acme/nothing"),
+        ({"input": {"train_data": DATA}, "secretInputs": {"seed": {"name": "s", "key": "k"}}}, "InvalidInput",
+         "secretInputs.seed: is not a Secret input of this model"),
+    ],
+)
+def test_unusable_trainings_fail_without_a_job(operator: RunningOperator, cluster: Cluster, registries: Registries,
+                                              training_spec: dict[str, Any], reason: str, message: str) -> None:
+    training_spec = dict(training_spec)
+    image = model(registries, training_spec.pop("model_name", "training-output"))
+    cluster.create_training("bad", {"model": image, "input": {"train_data": DATA}, **training_spec})
+    status = cluster.wait_phase("bad", "Failed")
+    assert message in status["error"]
+    validated = cluster.condition("bad", "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", reason) and message in validated["message"]
+    assert cluster.condition("bad", "Stalled")["status"] == "True"
+    assert cluster.condition("bad", "Failed")["status"] == "True"
+    warning = wait_for(lambda: next((e for e in cluster.events("bad") if e["reason"] == reason), None),
+                       what="a Warning event")
+    assert warning["type"] == "Warning" and message in warning["message"]
+    assert cluster.jobs() == []
+
+
+def test_no_destination_anywhere(kube: KubeAPI, cluster: Cluster, registries: Registries) -> None:
+    runtime = Runtime(settings=Settings(), api_client=kube.api_client, resolver=SchemaResolver(RegistryClient()))
+    running_operator = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("nowhere", spec(registries))
+        status = cluster.wait_phase("nowhere", "Failed")
+        assert "spec.destination is not set" in status["error"]
+    finally:
+        running_operator.stop()
+    assert cluster.jobs() == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason", "error"),
+    [
+        ({"report": {"status": "failed", "reason": "TrainingFailed",
+                     "message": "the model's train() raised: ValueError: learning rate too high"}, "exit": 10},
+         "TrainingFailed", "the model's train() raised: ValueError: learning rate too high"),
+        ({"report": {"status": "failed", "reason": "SetupFailed", "message": "the model's setup() failed: CUDA error"},
+          "exit": 11}, "SetupFailed", "the model's setup() failed: CUDA error"),
+        ({"report": None, "exit": 137, "model": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+         "OOMKilled", "the model container ran out of memory and was killed"),
+        ({"report": None, "exit": 137, "pod": {"reason": "Evicted",
+                                               "message": "The node was low on resource: memory."}},
+         "Evicted", "the training Pod was evicted: The node was low on resource: memory."),
+        ({"report": None, "exit": 3}, "DriverFailed", "the driver exited with code 3 without reporting why"),
+        ({"deadline": True}, "DeadlineExceeded", "ran longer than activeDeadlineSeconds (600 s)"),
+    ],
+)
+def test_failures_become_one_clear_error(operator: RunningOperator, cluster: Cluster, registries: Registries,
+                                         outcome: dict[str, Any], reason: str, error: str) -> None:
+    from cluster_sim import container
+
+    cluster.create_training("ft", spec(registries, activeDeadlineSeconds=600))
+    job = cluster.job("ft")
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase("ft", "Running")
+    if outcome.get("deadline"):
+        cluster.fail_job(job, "DeadlineExceeded", "Job was active longer than specified deadline")
+    else:
+        model_state = container("model", outcome["model"]) if "model" in outcome else None
+        cluster.finish_pod(pod, outcome["exit"], outcome["report"], model_state, **outcome.get("pod", {}))
+        cluster.fail_job(job, "PodFailurePolicy" if outcome["exit"] in (10, 11) else "BackoffLimitExceeded")
+    status = cluster.wait_phase("ft", "Failed")
+    assert error in status["error"]
+    failed = cluster.condition("ft", "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", reason)
+    assert cluster.condition("ft", "Ready")["status"] == "False"
+    assert status["startTime"] and status["completionTime"]
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "message"),
+    [
+        ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                              "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]},
+         "Unschedulable", "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+        ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+          "initContainerStatuses": [{"waiting": {"reason": "ImagePullBackOff",
+                                                 "message": "Back-off pulling image"}}]},
+         "ImagePullBackOff", "the model image cannot be pulled yet: Back-off pulling image"),
+        ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+          "initContainerStatuses": [{"running": {"startedAt": "2026-11-27T10:00:02Z"}}],
+          "containerStatuses": [{"waiting": {"reason": "CreateContainerConfigError",
+                                             "message": 'secret "hf" not found'}}]},
+         "CreateContainerConfigError", 'the driver container cannot start: secret "hf" not found'),
+    ],
+)
+def test_pending_says_why(operator: RunningOperator, cluster: Cluster, registries: Registries,
+                          pod_status: dict[str, Any], reason: str, message: str) -> None:
+    from cluster_sim import container
+
+    cluster.create_training("wait", spec(registries))
+    job = cluster.job("wait")
+    pod = cluster.start_pod(job)
+    status = dict(pod_status)
+    for key, name in (("initContainerStatuses", "model"), ("containerStatuses", "driver")):
+        if key in status:
+            status[key] = [container(name, state) for state in status[key]]
+    cluster.set_pod_status(pod, status)
+    wait_for(lambda: (c := cluster.condition("wait", "Reconciling")) and c["reason"] == reason and c,
+             what=f"Pending because {reason}")
+    current = cluster.status("wait")
+    assert current["phase"] == "Pending"
+    assert cluster.condition("wait", "Ready")["message"] == message
+
+
+def test_image_that_can_never_be_pulled_fails(operator: RunningOperator, cluster: Cluster,
+                                              registries: Registries) -> None:
+    from cluster_sim import container
+
+    cluster.create_training("nopull", spec(registries))
+    pod = cluster.start_pod(cluster.job("nopull"))
+    cluster.set_pod_status(pod, {"phase": "Pending", "initContainerStatuses": [
+        container("model", {"waiting": {"reason": "InvalidImageName", "message": "couldn't parse image name"}})]})
+    status = cluster.wait_phase("nopull", "Failed")
+    assert status["error"] == "the model image cannot be pulled: InvalidImageName: couldn't parse image name"
+
+
+def test_cancel(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("stop", spec(registries))
+    job = cluster.job("stop")
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase("stop", "Running")
+    cluster.patch_training("stop", {"spec": {"cancel": True}})
+    status = cluster.wait_phase("stop", "Canceled")
+    assert status["completionTime"]
+    wait_for(lambda: cluster.jobs() == [] and cluster.pods("stop") == [], what="the Job and its Pod to be deleted")
+    assert cluster.training("stop")["spec"]["cancel"] is True, "the record stays"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "False"
+    wait_for(lambda: any(e["reason"] == "Canceled" for e in cluster.events("stop")), what="a Canceled event")
+
+
+def test_canceled_before_it_starts(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("never", spec(registries, cancel=True))
+    cluster.wait_phase("never", "Canceled")
+    assert cluster.jobs() == []
+
+
+def test_delete_removes_job_and_pods(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("gone", spec(registries))
+    cluster.start_pod(cluster.job("gone"))
+    cluster.kube.custom.delete_namespaced_custom_object("cog.run", "v1alpha1", cluster.namespace, "trainings", "gone")
+    wait_for(lambda: cluster.jobs() == [] and cluster.pods("gone") == [], what="the Job and Pods to be collected")
+
+
+def test_suspend_is_passed_to_the_job(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("queued", spec(registries, suspend=True),
+                            labels={"kueue.x-k8s.io/queue-name": "gpus"})
+    job = cluster.job("queued")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    cluster.set_job_status(job, {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]})
+    wait_for(lambda: (c := cluster.condition("queued", "Reconciling")) and c["reason"] == "Suspended",
+             what="Pending because suspended")
+    assert "Kueue queue gpus" in cluster.condition("queued", "Ready")["message"]
+    cluster.patch_training("queued", {"spec": {"suspend": False}})
+    wait_for(lambda: cluster.job("queued")["spec"]["suspend"] is False, what="the Job to be resumed")
+
+
+def test_deprecated_input_warns(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("old", {"model": model(registries, "edge-cases"), "input": {"old": "y"}})
+    cluster.job("old")
+    event = wait_for(lambda: next((e for e in cluster.events("old") if e["reason"] == "DeprecatedInput"), None),
+                     what="a DeprecatedInput warning")
+    assert event["type"] == "Warning" and "input.old: is deprecated" in event["message"]
