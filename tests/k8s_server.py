@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import kmock
 import yaml
@@ -156,15 +157,42 @@ class ClusterEmulator(kmock.KubernetesScaffold):
     _revision: Any = attrs.field(factory=lambda: itertools.count(1))
     _tick: asyncio.Event | None = attrs.field(default=None)
     _oldest_watchable: int = attrs.field(default=0)
+    _watch_epoch: int = attrs.field(default=0)
+    loop: Any = attrs.field(default=None)
+    observers: list[Any] = attrs.field(factory=list)  # called with (key, kind, object) at every change
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.fallback[kmock.action.LIST] << self._serve_list
-        self.fallback[kmock.action.WATCH] << self._serve_watch
-        self.fallback[kmock.action.FETCH] << self._serve_fetch
-        self.fallback[kmock.action.CREATE] << self._serve_create
-        self.fallback[kmock.action.UPDATE] << self._serve_update
-        self.fallback[kmock.action.DELETE] << self._serve_delete
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Serve resource requests here directly; discovery and the rest go through kmock's reactions.
+
+        kmock matches each request against every reaction's recorded requests, which grows with
+        the number of requests served; resource requests skip that, so long runs stay fast.
+        """
+        verbs = {
+            kmock.action.LIST: self._serve_list,
+            kmock.action.FETCH: self._serve_fetch,
+            kmock.action.CREATE: self._serve_create,
+            kmock.action.UPDATE: self._serve_update,
+            kmock.action.DELETE: self._serve_delete,
+        }
+        resource = request.resource
+        if resource is None or not resource.plural or request.action not in (*verbs, kmock.action.WATCH):
+            return await super()._handle(request)
+        if request.action == kmock.action.WATCH:
+            return await self._stream(request)
+        status = 201 if request.action == kmock.action.CREATE else 200
+        return aiohttp.web.json_response(await verbs[request.action](request), status=status)
+
+    async def _stream(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        try:
+            async for event in self._serve_watch(request):
+                if isinstance(event, dict):
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            return response
+        await response.write_eof()
+        return response
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -205,6 +233,8 @@ class ClusterEmulator(kmock.KubernetesScaffold):
     async def _record(self, key: Key, kind: str, obj: dict[str, Any]) -> None:
         revision = int(obj["metadata"]["resourceVersion"])
         self.history.append((revision, key, kind, copy.deepcopy(obj)))
+        for observer in self.observers:
+            observer(key, kind, obj)
         tick, self._tick = self._current_tick(), asyncio.Event()
         tick.set()
 
@@ -241,6 +271,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
             yield {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure",
                                                "code": 410, "reason": "Expired", "message": "too old resource version"}}
             return
+        epoch = self._watch_epoch
         if since and since.isdigit():
             position = next((i for i, entry in enumerate(self.history) if entry[0] > int(since)), len(self.history))
         else:
@@ -256,7 +287,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
                 if self._selected(request, key, obj):
                     yield {"type": kind, "object": obj}
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            if remaining <= 0 or epoch != self._watch_epoch:
                 return
             try:
                 await asyncio.wait_for(tick.wait(), timeout=min(remaining, 1.0))
@@ -356,8 +387,15 @@ class ClusterEmulator(kmock.KubernetesScaffold):
                 await self._remove(child_key, child)
 
     def expire_watches(self) -> None:
-        """Make every resourceVersion seen so far too old: the next watch from one gets 410 Gone."""
-        self._oldest_watchable = (self.history[-1][0] + 1) if self.history else 1
+        """End every open watch and make every resourceVersion seen so far too old (410 Gone), as after
+        an etcd compaction: clients must list again."""
+        def expire() -> None:
+            self._oldest_watchable = (self.history[-1][0] + 1) if self.history else 1
+            self._watch_epoch += 1
+            tick, self._tick = self._current_tick(), asyncio.Event()
+            tick.set()
+
+        self.loop.call_soon_threadsafe(expire)
 
 
 @dataclass
@@ -409,6 +447,7 @@ def start_kube_api(workdir: Path, crds: list[dict[str, Any]] = ()) -> KubeAPI:  
                         "subresources": list(version.get("subresources", {})),
                         "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
                     }
+            emulator.loop = asyncio.get_running_loop()
             async with emulator, kmock.Server(emulator) as server:
                 state.update(url=str(server.url).rstrip("/"), emulator=emulator, loop=asyncio.get_running_loop())
                 ready.set()

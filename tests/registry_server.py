@@ -282,12 +282,19 @@ def start_registry(workdir: Path, auth: str | None = None, users: dict[str, str]
 
 
 class FaultyRegistry:
-    """A loopback HTTP server that answers every request with `status`, or never answers (status 0)."""
+    """A loopback HTTP server that answers `status` (or never answers, status 0).
 
-    def __init__(self, status: int, hang_seconds: float = 5.0) -> None:
+    With `upstream`, only the first `failures` requests fail; later ones are passed to the
+    upstream registry, so a test can watch a client recover.
+    """
+
+    def __init__(self, status: int, hang_seconds: float = 5.0, upstream: str | None = None,
+                 failures: int | None = None) -> None:
         self.status = status
         self.hang = threading.Event()
         self.hang_seconds = hang_seconds
+        self.upstream = upstream
+        self.failures = failures
         self.requests = 0
         outer = self
 
@@ -297,6 +304,9 @@ class FaultyRegistry:
 
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests += 1
+                if outer.upstream and outer.failures is not None and outer.requests > outer.failures:
+                    self._forward()
+                    return
                 if outer.status == 0:
                     outer.hang.wait(outer.hang_seconds)
                     return
@@ -305,6 +315,19 @@ class FaultyRegistry:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _forward(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                response = requests.request(self.command, f"{outer.upstream}{self.path}", headers=headers,
+                                            timeout=10, allow_redirects=False)
+                self.send_response(response.status_code)
+                for name in ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "Location"):
+                    if name in response.headers:
+                        self.send_header(name, response.headers[name])
+                self.send_header("Content-Length", str(len(response.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(response.content)
 
             do_HEAD = do_GET  # noqa: N815
 

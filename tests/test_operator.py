@@ -15,7 +15,7 @@ from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
 from conftest import Registries
-from k8s_server import KubeAPI
+from k8s_server import Fault, KubeAPI
 from test_crd import K8S_VERSIONS
 
 DATA = "https://example.com/data.zip"
@@ -272,3 +272,152 @@ def test_deprecated_input_warns(operator: RunningOperator, cluster: Cluster, reg
     event = wait_for(lambda: next((e for e in cluster.events("old") if e["reason"] == "DeprecatedInput"), None),
                      what="a DeprecatedInput warning")
     assert event["type"] == "Warning" and "input.old: is deprecated" in event["message"]
+
+
+# --- restarts and API failures ---------------------------------------------------------------------
+
+
+def test_restart_mid_run_adopts_the_job_and_finishes(kube: KubeAPI, runtime: Runtime, cluster: Cluster,
+                                                     registries: Registries) -> None:
+    first = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("resume", spec(registries))
+        job = cluster.job("resume")
+        pod = cluster.start_pod(job)
+        cluster.run_pod(pod)
+        cluster.wait_phase("resume", "Running")
+    finally:
+        first.stop()
+    cluster.finish_pod(pod, 0, {"status": "succeeded", "output": "s3://weights/ns/resume/weights.bin"})
+    cluster.complete_job(job)
+    second = RunningOperator(kube, runtime).start()
+    try:
+        cluster.wait_phase("resume", "Succeeded")
+        status = wait_for(lambda: (s := cluster.status("resume")) == cluster.status("resume") and s,
+                          what="a settled status")
+        assert status["weights"] == "s3://weights/ns/resume/weights.bin"
+        assert status["startTime"].startswith("2026-11-27T10:00:05"), "the start time is kept"
+        assert len(cluster.jobs()) == 1
+    finally:
+        second.stop()
+
+    cluster.kube.batch.delete_namespaced_job(job["metadata"]["name"], cluster.namespace)  # TTL after finishing
+    third = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("probe", spec(registries))
+        cluster.job("probe")  # the operator is past its start-up and has resumed what it found
+        without_bookkeeping = {k: v for k, v in cluster.status("resume").items() if k != "kopf"}
+        assert without_bookkeeping == {k: v for k, v in status.items() if k != "kopf"}, \
+            "a finished Training is not re-run or changed"
+        assert [j["metadata"]["labels"]["cog.run/training"] for j in cluster.jobs()] == ["probe"]
+    finally:
+        third.stop()
+
+
+def test_lost_status_write_adopts_the_job(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
+                                          registries: Registries) -> None:
+    """The Job was created but writing the status failed (as if killed between the two): no second Job."""
+    fault = Fault("PATCH", "trainings", status=500, times=1, subresource="status")
+    kube.emulator.faults.append(fault)
+    try:
+        cluster.create_training("lost", spec(registries))
+        status = cluster.wait_phase("lost", "Pending", timeout=30)
+        assert fault.hits == 1
+        assert status["jobName"] == cluster.job("lost")["metadata"]["name"]
+        assert len(cluster.jobs()) == 1
+    finally:
+        kube.emulator.faults.remove(fault)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("POST", "jobs", status=500, times=2),
+        Fault("POST", "jobs", status=409, times=1),
+        Fault("GET", "serviceaccounts", status=503, times=1),
+        Fault("POST", "jobs", status=0, delay=2.0, times=1),  # slower than the client's timeout
+    ],
+    ids=["500-on-create", "409-conflict", "503-on-read", "timeout"],
+)
+def test_api_errors_are_retried_and_converge(kube: KubeAPI, runtime: Runtime, cluster: Cluster,
+                                             registries: Registries, fault: Fault) -> None:
+    runtime.request_timeout = 1.0
+    kube.emulator.faults.append(fault)
+    running_operator = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("flaky", spec(registries))
+        status = cluster.wait_phase("flaky", "Pending", timeout=40)
+        assert fault.hits == fault.times
+        assert status["jobName"]
+        wait_for(lambda: len(cluster.jobs()) == 1, what="exactly one Job")
+    finally:
+        running_operator.stop()
+        kube.emulator.faults.remove(fault)
+
+
+def test_watch_expired_410_gone_relists_and_converges(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
+                                                      registries: Registries) -> None:
+    cluster.create_training("before", spec(registries))
+    cluster.job("before")
+    kube.emulator.expire_watches()
+    cluster.create_training("after", spec(registries))
+    cluster.job("after")
+    cluster.wait_phase("after", "Pending", timeout=30)
+    assert sorted(j["metadata"]["labels"]["cog.run/training"] for j in cluster.jobs()) == ["after", "before"]
+
+
+def test_registry_down_stays_pending_then_proceeds(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
+                                                   registries: Registries) -> None:
+    from registry_server import FaultyRegistry
+
+    proxy = FaultyRegistry(503, upstream=registries.anonymous.url, failures=1)
+    try:
+        cluster.create_training("later", {"model": f"{proxy.host}/acme/training-output:1.0", "input": {"train_data": DATA}})
+        wait_for(lambda: (c := cluster.condition("later", "Validated")) and c["status"] == "Unknown" and c,
+                 what="Validated=Unknown while the registry is down")
+        assert cluster.status("later")["phase"] == "Pending"
+        assert cluster.condition("later", "Validated")["reason"] == "RegistryUnavailable"
+        status = wait_for(lambda: (s := cluster.status("later")).get("jobName") and s, timeout=30,
+                          what="the Job once the registry answers")
+        assert status["imageDigest"].endswith(registries.digests["training-output"])
+        assert cluster.condition("later", "Validated")["status"] == "True"
+    finally:
+        proxy.stop()
+
+
+# --- the command users run -----------------------------------------------------------------------
+
+
+def test_cogtrain_operator_command(kube: KubeAPI, cluster: Cluster, registries: Registries, tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "cogtrain"
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "COGTRAIN_DRIVER_IMAGE": "example.com/driver:9"}
+    log = (tmp_path / "operator.log").open("w")
+    process = subprocess.Popen(
+        [str(script), "operator", "-A", "--standalone", "--log-format", "plain",
+         "--default-destination", "s3://cli-weights/", "--insecure-registry", "registry.ml.svc:5000",
+         "--liveness", "http://127.0.0.1:0/healthz"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        cluster.create_training("cli", spec(registries))
+        job = wait_for(lambda: next((j for j in cluster.jobs() if j["metadata"]["labels"]["cog.run/training"] == "cli"),
+                                    None), timeout=60, what="the Job made by `cogtrain operator`")
+        driver = job["spec"]["template"]["spec"]["containers"][0]
+        assert driver["image"] == "example.com/driver:9"
+        assert "--destination=s3://cli-weights/" in driver["args"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_cogtrain_operator_needs_a_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    from cogtrain.cli import main
+
+    assert main(["operator"]) == 2
+    assert "give --all-namespaces (-A) or one --namespace NS" in capsys.readouterr().err

@@ -174,7 +174,8 @@ def keyring_from_file(path: str) -> Keyring:
 
 
 def read_pull_secrets(
-    core: CoreV1Api, namespace: str, names: Iterable[str], service_account: str | None = "default"
+    core: CoreV1Api, namespace: str, names: Iterable[str], service_account: str | None = "default",
+    timeout: float = 30.0,
 ) -> tuple[Keyring, list[str]]:
     """The keyring of a Pod's pull secrets: those named, then its service account's, as the kubelet merges them.
 
@@ -185,7 +186,7 @@ def read_pull_secrets(
     notes: list[str] = []
     if service_account:
         try:
-            account = core.read_namespaced_service_account(service_account, namespace)
+            account = core.read_namespaced_service_account(service_account, namespace, _request_timeout=timeout)
             wanted += [ref.name for ref in account.image_pull_secrets or [] if ref.name and ref.name not in wanted]
         except ApiException as error:
             if error.status not in (403, 404):
@@ -194,7 +195,8 @@ def read_pull_secrets(
     secrets = []
     for name in wanted:
         try:
-            secrets.append(core.read_namespaced_secret(name, namespace).to_dict(serialize=True))
+            secret = core.read_namespaced_secret(name, namespace, _request_timeout=timeout)
+            secrets.append(secret.to_dict(serialize=True))
         except ApiException as error:
             if error.status == 404:
                 notes.append(f'secret "{name}" not found in namespace {namespace}')

@@ -42,6 +42,7 @@ class Runtime:
     settings: Settings
     api_client: client.ApiClient
     resolver: SchemaResolver
+    request_timeout: float = 30.0
     now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
 
     @classmethod
@@ -72,7 +73,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts."""
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="cog.run", key="last-handled-configuration")
+        prefix="cog.run", key="last-handled-configuration"
+    )
     settings.persistence.finalizer = "cog.run/finalizer"
     settings.posting.enabled = True
     settings.posting.level = logging.INFO
@@ -84,6 +86,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.connect_timeout = 30
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
     settings.execution.max_workers = 16
+    settings.execution.default_backoff = 5  # a failed API call is retried in seconds, not a minute
 
 
 @kopf.on.login()
@@ -108,8 +111,15 @@ def training_pods(body: kopf.Body, namespace: str | None, labels: Mapping[str, s
 # --- reconciling a Training -----------------------------------------------------------------
 
 
-def _status_patch(runtime: Runtime, body: Mapping[str, Any], phase: api.Phase, reason: str, message: str,
-                  validated: tuple[bool | None, str, str] | None, **fields: Any) -> dict[str, Any]:
+def _status_patch(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    phase: api.Phase,
+    reason: str,
+    message: str,
+    validated: tuple[bool | None, str, str] | None,
+    **fields: Any,
+) -> dict[str, Any]:
     status = body.get("status") or {}
     generation = (body.get("metadata") or {}).get("generation")
     patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
@@ -117,8 +127,9 @@ def _status_patch(runtime: Runtime, body: Mapping[str, Any], phase: api.Phase, r
         patch["error"] = message
     if phase in TERMINAL:
         patch["completionTime"] = runtime.now().isoformat().replace("+00:00", "Z")
-    patch["conditions"] = conditions(phase, reason, message, generation, status.get("conditions") or [],
-                                     runtime.now(), validated)
+    patch["conditions"] = conditions(
+        phase, reason, message, generation, status.get("conditions") or [], runtime.now(), validated
+    )
     return patch
 
 
@@ -140,7 +151,9 @@ def _plain(runtime: Runtime, obj: Any) -> Any:
 
 def _read_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        job: dict[str, Any] = _plain(runtime, runtime.batch.read_namespaced_job(name, namespace))
+        job: dict[str, Any] = _plain(
+            runtime, runtime.batch.read_namespaced_job(name, namespace, _request_timeout=runtime.request_timeout)
+        )
         return job
     except ApiException as error:
         if error.status == 404:
@@ -150,7 +163,9 @@ def _read_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | N
 
 def _read_pods(runtime: Runtime, namespace: str, training: str) -> list[dict[str, Any]]:
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TRAINING}={training}"
-    pods = runtime.core.list_namespaced_pod(namespace, label_selector=selector)
+    pods = runtime.core.list_namespaced_pod(
+        namespace, label_selector=selector, _request_timeout=runtime.request_timeout
+    )
     found: list[dict[str, Any]] = _plain(runtime, pods).get("items") or []
     return [p for p in found if (p.get("metadata", {}).get("labels") or {}).get(LABEL_TRAINING) == training]
 
@@ -194,7 +209,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
 
     spec = training.spec
     pull_secrets = [ref.name for ref in spec.image_pull_secrets or [] if ref.name]
-    keyring, notes = read_pull_secrets(runtime.core, namespace, pull_secrets, spec.service_account_name or "default")
+    keyring, notes = read_pull_secrets(
+        runtime.core, namespace, pull_secrets, spec.service_account_name or "default", runtime.request_timeout
+    )
     try:
         model = runtime.resolver.resolve(spec.model, keyring)
     except RegistryError as error:
@@ -202,8 +219,11 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         if not error.retryable:
             _fail(runtime, body, patch, error.kind.value, message)
             return
-        patch.status.update(_status_patch(runtime, body, api.Phase.PENDING, error.kind.value, message,
-                                          (None, error.kind.value, message)))
+        patch.status.update(
+            _status_patch(
+                runtime, body, api.Phase.PENDING, error.kind.value, message, (None, error.kind.value, message)
+            )
+        )
         raise kopf.TemporaryError(message, delay=min(300, 5 * 2 ** min(retry, 6))) from None
 
     result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
@@ -213,39 +233,76 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         _fail(runtime, body, patch, "InvalidInput", "; ".join(str(p) for p in result.problems))
         return
     if not (spec.destination or runtime.settings.default_destination):
-        _fail(runtime, body, patch, "NoDestination",
-              "spec.destination is not set and the operator has no default destination "
-              "(set spec.destination to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)")
+        _fail(
+            runtime,
+            body,
+            patch,
+            "NoDestination",
+            "spec.destination is not set and the operator has no default destination "
+            "(set spec.destination to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)",
+        )
         return
 
     manifest = build_job(training, model.pinned, result.input, runtime.settings)
     try:
-        runtime.batch.create_namespaced_job(namespace, cast(client.V1Job, manifest))
+        runtime.batch.create_namespaced_job(
+            namespace, cast(client.V1Job, manifest), _request_timeout=runtime.request_timeout
+        )
     except ApiException as error:
         if error.status != 409:
             raise
         existing = _read_job(runtime, namespace, manifest["metadata"]["name"])
+        if existing is None:  # a conflict that left no Job behind: try again
+            raise kopf.TemporaryError(
+                f"creating Job {manifest['metadata']['name']} conflicted; retrying", delay=2
+            ) from None
         if not _owned_by(existing, training.metadata.uid):
-            _fail(runtime, body, patch, "JobConflict",
-                  f"a Job named {manifest['metadata']['name']} already exists and does not belong to this Training")
+            _fail(
+                runtime,
+                body,
+                patch,
+                "JobConflict",
+                f"a Job named {manifest['metadata']['name']} already exists and does not belong to this Training",
+            )
             return
     message = f"created Job {manifest['metadata']['name']} running {model.pinned}"
-    patch.status.update(_status_patch(
-        runtime, body, api.Phase.PENDING, "JobCreated", message,
-        (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
-        imageDigest=model.pinned, jobName=manifest["metadata"]["name"]))
+    patch.status.update(
+        _status_patch(
+            runtime,
+            body,
+            api.Phase.PENDING,
+            "JobCreated",
+            message,
+            (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
+            imageDigest=model.pinned,
+            jobName=manifest["metadata"]["name"],
+        )
+    )
     kopf.info(body, reason="JobCreated", message=message)
 
 
-def _adopt(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, job: Mapping[str, Any],
-           pods: Iterable[Mapping[str, Any]], training: api.Training) -> None:
+def _adopt(
+    runtime: Runtime,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    job: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    training: api.Training,
+) -> None:
     """After a restart: the Job exists, so only bring the status up to what it shows."""
     status = dict(body.get("status") or {})
     if not status.get("jobName"):
-        status.update(_status_patch(runtime, body, api.Phase.PENDING, "JobAdopted",
-                                    f"adopted the existing Job {job['metadata']['name']}",
-                                    (True, "InputsValid", "the Job was created from validated inputs"),
-                                    jobName=job["metadata"]["name"]))
+        status.update(
+            _status_patch(
+                runtime,
+                body,
+                api.Phase.PENDING,
+                "JobAdopted",
+                f"adopted the existing Job {job['metadata']['name']}",
+                (True, "InputsValid", "the Job was created from validated inputs"),
+                jobName=job["metadata"]["name"],
+            )
+        )
         patch.status.update(status)
     observation = observe(job, pods, training.spec.active_deadline_seconds)
     update = advance(status, observation, training.metadata.generation, runtime.now())
@@ -263,8 +320,13 @@ def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
         return
     name = status.get("jobName") or job_name(api.Training.model_validate(dict(body)))
     try:
-        runtime.batch.delete_namespaced_job(name, str(body.meta.namespace), propagation_policy="Background",
-                                            grace_period_seconds=runtime.settings.termination_grace_seconds)
+        runtime.batch.delete_namespaced_job(
+            name,
+            str(body.meta.namespace),
+            propagation_policy="Background",
+            grace_period_seconds=runtime.settings.termination_grace_seconds,
+            _request_timeout=runtime.request_timeout,
+        )
     except ApiException as error:
         if error.status != 404:
             raise
@@ -287,7 +349,9 @@ def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
     if not name or (body.get("status") or {}).get("phase") in {p.value for p in TERMINAL}:
         return
     try:
-        runtime.batch.patch_namespaced_job(name, str(body.meta.namespace), {"spec": {"suspend": bool(new)}})
+        runtime.batch.patch_namespaced_job(
+            name, str(body.meta.namespace), {"spec": {"suspend": bool(new)}}, _request_timeout=runtime.request_timeout
+        )
     except ApiException as error:
         if error.status != 404:
             raise
@@ -296,14 +360,23 @@ def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
 # --- following the Job and its Pods -----------------------------------------------------------
 
 
-def sync_status(runtime: Runtime, namespace: str, training_name: str | None,
-                jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> None:
+def sync_status(
+    runtime: Runtime,
+    namespace: str,
+    training_name: str | None,
+    jobs: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+) -> None:
     """Recompute one Training's status from its Job and Pods and write it if it changed."""
     if not training_name:
         return
     try:
-        training: dict[str, Any] = cast(dict[str, Any], runtime.custom.get_namespaced_custom_object(
-            *TRAININGS[:2], namespace, TRAININGS[2], training_name))
+        training: dict[str, Any] = cast(
+            dict[str, Any],
+            runtime.custom.get_namespaced_custom_object(
+                *TRAININGS[:2], namespace, TRAININGS[2], training_name, _request_timeout=runtime.request_timeout
+            ),
+        )
     except ApiException as error:
         if error.status == 404:
             return
@@ -317,8 +390,14 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None,
     update = advance(status, observation, training["metadata"].get("generation"), runtime.now())
     if not update:
         return
-    runtime.custom.patch_namespaced_custom_object_status(*TRAININGS[:2], namespace, TRAININGS[2], training_name,
-                                                         {"status": update})
+    runtime.custom.patch_namespaced_custom_object_status(
+        *TRAININGS[:2],
+        namespace,
+        TRAININGS[2],
+        training_name,
+        {"status": update},
+        _request_timeout=runtime.request_timeout,
+    )
     _announce(training, status.get("phase"), update)
 
 

@@ -36,6 +36,14 @@ class DriverReport(BaseModel):
     message: str | None = None
 
 
+def _time(value: Any) -> str | None:
+    """RFC 3339 in UTC with a Z, however the API client rendered it (it may write +00:00)."""
+    if not value:
+        return None
+    text = str(value)
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 @dataclass(frozen=True)
 class Observation:
     """The Training's state as the Job and Pods show it."""
@@ -47,6 +55,10 @@ class Observation:
     completion_time: str | None = None
     output: Any = None
     weights: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_time", _time(self.start_time))
+        object.__setattr__(self, "completion_time", _time(self.completion_time))
 
 
 def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -207,7 +219,7 @@ def weights_of(output: Any) -> str | None:
         weights = output.get("weights")
         if isinstance(weights, str):
             return weights
-        files = [v for v in output.values() if isinstance(v, str) and "://" in v]
+        files = [v for k, v in output.items() if k != "$ref" and isinstance(v, str) and "://" in v]
         return files[0] if len(files) == 1 else None
     if isinstance(output, list) and len(output) == 1 and isinstance(output[0], str):
         return output[0]
@@ -233,10 +245,10 @@ def _condition(kind: str, status: bool | None, reason: str, message: str, genera
 
 
 def conditions(phase: Phase, reason: str, message: str, generation: int | None,
-               previous: Iterable[Mapping[str, Any]], now: datetime,
+               previous: Iterable[Mapping[str, Any]], now: datetime | str,
                validated: tuple[bool | None, str, str] | None = None) -> list[dict[str, Any]]:
     """kstatus conditions (Ready, Reconciling, Stalled) plus Validated, Succeeded, Failed."""
-    stamp = now.isoformat().replace("+00:00", "Z")
+    stamp = now if isinstance(now, str) else now.isoformat().replace("+00:00", "Z")
     before = {c.get("type", ""): c for c in previous}
     out = []
     if validated is not None:
@@ -274,8 +286,10 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     start = current.get("startTime") or observation.start_time
     if new is not Phase.PENDING and start:
         patch["startTime"] = start
+    stamp: datetime | str = now
     if new in TERMINAL:
-        patch["completionTime"] = observation.completion_time or now.isoformat().replace("+00:00", "Z")
+        # The Job's own finishing time, so two writers observing the same end write the same status.
+        stamp = patch["completionTime"] = observation.completion_time or now.isoformat().replace("+00:00", "Z")
     if new is Phase.SUCCEEDED:
         patch["output"] = observation.output
         if observation.weights:
@@ -283,7 +297,7 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     if new is Phase.FAILED:
         patch["error"] = observation.message
     patch["conditions"] = conditions(new, observation.reason, observation.message, generation,
-                                     current.get("conditions") or [], now)
+                                     current.get("conditions") or [], stamp)
     unchanged = all(current.get(k) == v for k, v in patch.items() if k != "conditions") and [
         (c["type"], c["status"], c["reason"], c["message"]) for c in patch["conditions"]] == [
         (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []]
