@@ -22,7 +22,7 @@ import string
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from kmock._internal.k8s import (
     KubernetesResourceNotFoundError,
 )
 from kubernetes import client
+
+from cogtrain.handlers import ApiClients
 
 Key = tuple[str, str, str | None, str]  # (group/version, plural, namespace, name)
 
@@ -399,7 +401,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
 
 
 @dataclass
-class KubeAPI:
+class KubeAPI(ApiClients):
     """A running emulator and the ways to reach it: URL, kubeconfig file, kubernetes client."""
 
     url: str
@@ -409,19 +411,6 @@ class KubeAPI:
     loop: asyncio.AbstractEventLoop
     _stop: threading.Event
     _thread: threading.Thread
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api_client)
-
-    @property
-    def batch(self) -> client.BatchV1Api:
-        return client.BatchV1Api(self.api_client)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api_client)
 
     def stop(self) -> None:
         self._stop.set()

@@ -35,20 +35,10 @@ MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 TRAININGS = (api.GROUP, api.VERSION, api.PLURAL)
 
 
-@dataclass
-class Runtime:
-    """What the handlers share: settings, the schema resolver, the API client, a clock."""
+class ApiClients:
+    """Typed API groups over one `api_client` (connection pool and configuration)."""
 
-    settings: Settings
     api_client: client.ApiClient
-    resolver: SchemaResolver
-    request_timeout: float = 30.0
-    now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
-
-    @classmethod
-    def create(cls, settings: Settings, api_client: client.ApiClient) -> Runtime:
-        registry = RegistryClient(insecure_registries=settings.insecure_registries, timeout=settings.registry_timeout)
-        return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry))
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -62,6 +52,21 @@ class Runtime:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api_client)
 
+
+@dataclass
+class Runtime(ApiClients):
+    """What the handlers share: settings, the schema resolver, the API client, a clock."""
+
+    settings: Settings
+    api_client: client.ApiClient
+    resolver: SchemaResolver
+    request_timeout: float = 30.0
+    now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
+
+    @classmethod
+    def create(cls, settings: Settings, api_client: client.ApiClient) -> Runtime:
+        registry = RegistryClient(insecure_registries=settings.insecure_registries, timeout=settings.registry_timeout)
+        return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry))
 
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo["runtime"]
