@@ -152,6 +152,36 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train a Cog model folder locally and write its output to -o (default ./weights)."""
+    from .driver import DriverError
+    from .local import LocalRunError, parse_inputs, run_training
+
+    model_dir = args.model_dir
+    schema = load_schema(model_dir)
+    try:
+        values = parse_inputs(schema, args.input)
+    except LocalRunError as error:
+        raise UsageError(str(error)) from None
+    result = validate_input(schema, values, [])
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not result.ok:
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        output = run_training(model_dir, result.input, args.output, setup_timeout=args.setup_timeout)
+    except LocalRunError as error:
+        raise UsageError(str(error)) from None
+    except DriverError as error:
+        print(f"cogtrain run: {error.reason}: {error.message}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(json.dumps(output, indent=2, ensure_ascii=False), file=sys.stderr)
+    print(f"weights written to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator until interrupted: kopf with this project's handlers."""
     import kopf
@@ -257,6 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--json", action="store_true", help="print the whole OpenAPI document instead")
     _registry_arguments(schema)
     schema.set_defaults(handler=cmd_schema)
+
+    run = commands.add_parser(
+        "run", help="train a Cog model folder on this machine (like `cog train`, without Docker)",
+        description=(
+            "Validate the inputs against the model's schema, start its Cog server, run the training "
+            "and write the output to ./weights (or -o). Needs the `cog` package (the `local` extra)."
+        ),
+    )
+    run.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                     help="a Cog model folder with .cog/openapi_schema.json")
+    run.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+                     help="an input (repeatable); NAME=@FILE passes a local file")
+    run.add_argument("-o", "--output", type=Path, default=Path("weights"),
+                     help="where the output goes: a file for one output file, a folder for several (default ./weights)")
+    run.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
+    run.set_defaults(handler=cmd_run)
 
     operator = commands.add_parser(
         "operator", help="run the operator (in a cluster, or against your kubeconfig)",

@@ -1,0 +1,335 @@
+"""Drive an unmodified Cog model server through one training (`cogtrain drive`, `cogtrain run`).
+
+Waits for `/health-check` to say READY, submits the training asynchronously with a webhook to
+this process, prints the training's logs as they arrive, receives the output files the server
+uploads (`--upload-url` points here), stores them at the destination, and always tells the
+server to shut down. The result follows the contract in docs/driver.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+
+from .jobs import ExitCode
+
+UPLOAD_SCHEME = "cogtrain-upload://"
+TERMINATION_LIMIT = 4096
+_CHUNK = 1024 * 1024
+
+
+class DriverError(Exception):
+    """A training that did not succeed: `reason` and `exit_code` as in docs/driver.md."""
+
+    def __init__(self, reason: str, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.exit_code = exit_code
+
+
+def safe_name(name: str) -> str:
+    """A model-chosen file name made safe: no directories, no traversal, no odd characters."""
+    base = urllib.parse.unquote(name).replace("\\", "/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return base or "output"
+
+
+class LocalDestination:
+    """A folder (a mounted PVC, or ./weights for `cogtrain run`); files keep unique, safe names."""
+
+    def __init__(self, folder: Path, uri_prefix: str) -> None:
+        self.folder = folder
+        self.uri_prefix = uri_prefix.rstrip("/")
+        self._lock = threading.Lock()
+
+    def put(self, source: Path, name: str) -> str:
+        with self._lock:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                target = self.folder / safe_name(name)
+                stem, suffix, counter = target.stem, target.suffix, 1
+                while target.exists():
+                    counter += 1
+                    target = self.folder / f"{stem}-{counter}{suffix}"
+                shutil.move(str(source), target)
+            except OSError as error:
+                raise DriverError("DestinationUnwritable",
+                                  f"cannot write to the destination {self.uri_prefix}/: {error.strerror or error}",
+                                  ExitCode.DESTINATION_UNWRITABLE) from None
+        return f"{self.uri_prefix}/{target.name}"
+
+
+@dataclass
+class _State:
+    """What the model server has told us through its webhooks."""
+
+    status: str | None = None
+    output: Any = None
+    error: str | None = None
+    logs_printed: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    uploads: dict[str, Path] = field(default_factory=dict)
+
+
+class Receiver:
+    """The driver's HTTP side: webhooks from the model server and its output file uploads."""
+
+    def __init__(self, scratch: Path, listen: str, log: TextIO) -> None:
+        self.state = _State()
+        self.scratch = scratch
+        self._lock = threading.Lock()
+        self.log = log
+        host, _, port = listen.rpartition(":")
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802  (webhook)
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    receiver.webhook(json.loads(self.rfile.read(length)))
+                except ValueError:
+                    pass
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_PUT(self) -> None:  # noqa: N802  (an output file: streamed to disk, never held whole)
+                name = safe_name(self.path.split("?", 1)[0])
+                path = receiver.upload_path(name)
+                remaining = int(self.headers.get("Content-Length") or 0)
+                with path.open("wb") as out:
+                    if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                        while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
+                            shutil.copyfileobj(_Limited(self.rfile, size), out, _CHUNK)
+                            self.rfile.readline()
+                        self.rfile.readline()
+                    else:
+                        shutil.copyfileobj(_Limited(self.rfile, remaining), out, _CHUNK)
+                self.send_response(201)
+                self.send_header("Location", f"{UPLOAD_SCHEME}{path.name}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port or 0)), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def upload_path(self, name: str) -> Path:
+        with self._lock:
+            path = self.scratch / name
+            counter = 1
+            while path.exists() or path.name in self.state.uploads:
+                counter += 1
+                path = self.scratch / f"{Path(name).stem}-{counter}{Path(name).suffix}"
+            self.state.uploads[path.name] = path
+            path.touch()
+        return path
+
+    def webhook(self, payload: dict[str, Any]) -> None:
+        state = self.state
+        logs = payload.get("logs") or ""
+        if isinstance(logs, str) and len(logs) > state.logs_printed:
+            self.log.write(logs[state.logs_printed:])
+            self.log.flush()
+            state.logs_printed = len(logs)
+        if isinstance(payload.get("metrics"), dict):
+            state.metrics.update(payload["metrics"])
+        state.status = payload.get("status") or state.status
+        if state.status in ("succeeded", "failed", "canceled"):
+            state.output, state.error = payload.get("output"), payload.get("error")
+            state.done.set()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Limited:
+    """Read at most `size` bytes from a stream."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+@dataclass
+class Driver:
+    """One training on one model server."""
+
+    model_url: str
+    training_id: str
+    inputs: dict[str, Any]
+    destination: LocalDestination
+    scratch: Path
+    listen: str = "127.0.0.1:0"
+    setup_timeout: float = 1800.0
+    log: TextIO = sys.stdout
+    progress: Callable[[float, str], None] | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> Any:
+        """The output with every file replaced by its stored URI, or DriverError."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log)
+        try:
+            self._wait_ready()
+            self._submit(receiver.url)
+            while not receiver.state.done.wait(0.2):
+                if self.cancel_requested.is_set():
+                    self._cancel(receiver)
+            state = receiver.state
+            if state.status == "canceled" or self.cancel_requested.is_set():
+                raise DriverError("Canceled", "the training was canceled", ExitCode.CANCELED)
+            if state.status == "failed":
+                raise DriverError("TrainingFailed", f"the model's training failed: {state.error or 'no error given'}",
+                                  ExitCode.TRAINING_FAILED)
+            return self._store(state.output, receiver)
+        finally:
+            self._shutdown()
+            receiver.stop()
+
+    def _get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.model_url}{path}", timeout=5)
+
+    def _wait_ready(self) -> None:
+        started = time.monotonic()
+        answered = False
+        while time.monotonic() - started < self.setup_timeout:
+            if self.cancel_requested.is_set():
+                raise DriverError("Canceled", "the training was canceled before it started", ExitCode.CANCELED)
+            try:
+                health = self._get("/health-check").json()
+                answered = True
+            except (requests.RequestException, ValueError):
+                health = {}
+            status = health.get("status")
+            if status == "READY":
+                return
+            if status == "SETUP_FAILED":
+                logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
+                self.log.write("\n".join(logs) + "\n")
+                raise DriverError("SetupFailed", "the model's setup failed: " + (logs[-1] if logs else "no logs"),
+                                  ExitCode.SETUP_FAILED)
+            if self.progress is not None:
+                self.progress(time.monotonic() - started, str(status or "starting"))
+            time.sleep(0.2)
+        if not answered:
+            raise DriverError("ModelUnreachable", f"the model server at {self.model_url} never answered",
+                              ExitCode.MODEL_UNREACHABLE)
+        raise DriverError("SetupFailed", f"the model was not ready within {self.setup_timeout:g} s",
+                          ExitCode.SETUP_FAILED)
+
+    def _submit(self, receiver_url: str) -> None:
+        body: dict[str, Any] = {"input": self.inputs, "webhook": f"{receiver_url}/webhook",
+                "webhook_events_filter": ["start", "output", "logs", "completed"]}
+        try:
+            response = requests.put(f"{self.model_url}/trainings/{self.training_id}", json=body,
+                                    headers={"Prefer": "respond-async"}, timeout=30)
+        except requests.RequestException as error:
+            raise DriverError("ModelUnreachable", f"cannot submit the training: {error}",
+                              ExitCode.MODEL_UNREACHABLE) from None
+        if response.status_code == 422:
+            try:
+                details = [f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in response.json()["detail"]]
+            except (ValueError, KeyError, TypeError):
+                details = [response.text[:500]]
+            raise DriverError("InputRejected", "the model rejected the input: " + "; ".join(details),
+                              ExitCode.INPUT_REJECTED)
+        if response.status_code >= 300:
+            raise DriverError("ModelUnreachable", f"the model server answered HTTP {response.status_code}",
+                              ExitCode.MODEL_UNREACHABLE)
+
+    def _cancel(self, receiver: Receiver) -> None:
+        try:
+            requests.post(f"{self.model_url}/trainings/{self.training_id}/cancel", timeout=5)
+        except requests.RequestException:
+            receiver.state.done.set()
+        receiver.state.done.wait(30)
+        receiver.state.done.set()
+
+    def _shutdown(self) -> None:
+        try:
+            requests.post(f"{self.model_url}/shutdown", timeout=5)
+        except requests.RequestException:
+            pass  # already gone
+
+    def _store(self, output: Any, receiver: Receiver) -> Any:
+        """Replace every uploaded or inline (data:) file in the output by its stored URI."""
+        if isinstance(output, list):
+            return [self._store(item, receiver) for item in output]
+        if isinstance(output, dict):
+            return {key: self._store(value, receiver) for key, value in output.items()}
+        if isinstance(output, str) and output.startswith(UPLOAD_SCHEME):
+            name = output[len(UPLOAD_SCHEME):]
+            return self.destination.put(receiver.state.uploads[name], name)
+        if isinstance(output, str) and output.startswith("data:"):
+            path = receiver.upload_path("output")
+            _decode_data_url(output, path)
+            return self.destination.put(path, path.name)
+        return output
+
+
+def _decode_data_url(url: str, path: Path) -> None:
+    header, _, payload = url.partition(",")
+    with path.open("wb") as out:
+        if header.endswith(";base64"):
+            for start in range(0, len(payload), 4 * _CHUNK):
+                try:
+                    out.write(base64.b64decode(payload[start:start + 4 * _CHUNK]))
+                except binascii.Error:
+                    raise DriverError("TrainingFailed", "the model returned a malformed data: URL",
+                                      ExitCode.TRAINING_FAILED) from None
+        else:
+            out.write(urllib.parse.unquote_to_bytes(payload))
+
+
+def termination_message(output: Any, error: DriverError | None, destination: LocalDestination | None) -> str:
+    """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit."""
+    from .status import weights_of
+
+    if error is not None:
+        message = {"status": "failed", "reason": error.reason, "message": error.message[:3500]}
+        return json.dumps(message)
+    report: dict[str, Any] = {"status": "succeeded", "output": output}
+    weights = weights_of(output)
+    if weights:
+        report["weights"] = weights
+    text = json.dumps(report)
+    if len(text.encode()) > TERMINATION_LIMIT and destination is not None:
+        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:
+            json.dump(output, handle)
+        report["output"] = {"$ref": destination.put(Path(handle.name), "output.json")}
+        text = json.dumps(report)
+    return text

@@ -1,0 +1,170 @@
+"""The driver against Cog's own model server (the `cog` package), through `cogtrain run`."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cogserver import prepare_model, start_cog_server
+from cogtrain.cli import main
+from cogtrain.driver import Driver, DriverError, LocalDestination, Receiver, safe_name, termination_message
+from cogtrain.local import parse_inputs, run_training
+from cogtrain.schema import parse_schema
+from conftest import EXAMPLES, FIXTURE_MODELS, load_schema_document
+
+DRIVER_MODELS = Path(__file__).resolve().parent / "driver-models"
+
+
+def test_bare_path_output(tmp_path: Path) -> None:
+    model = prepare_model(FIXTURE_MODELS / "all-inputs", tmp_path / "m")
+    out = tmp_path / "weights"
+    output = run_training(model, {"train_data": str(tmp_path), "caption_prefix": "x", "steps": 7}, out,
+                          log=io.StringIO(), err=io.StringIO())
+    assert output == str(out)
+    assert out.read_text().startswith("7 0.0001 adamw 8 run True None 42")
+
+
+def test_training_output_object_with_inline_file(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"12345")
+    out = tmp_path / "weights"
+    output = run_training(EXAMPLES / "training-output", {"train_data": str(data), "seed": 3}, out,
+                          log=io.StringIO(), err=io.StringIO())
+    assert output == {"weights": str(out)}, "a Path inside TrainingOutput comes back as a data: URL, stored as a file"
+    assert out.read_text() == "lr=0.0001 seed=3 bytes=5\n"
+
+
+def test_file_output_of_the_seed_hello_model(tmp_path: Path) -> None:
+    out = tmp_path / "weights"
+    run_training(EXAMPLES / "hello-train", {"param": "train"}, out, log=io.StringIO(), err=io.StringIO())
+    assert out.read_text() == "hello train", "`cog train -i param=train` then `cat weights`"
+
+
+def test_list_of_files_and_live_logs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    log = io.StringIO()
+    output = run_training(DRIVER_MODELS / "chatty", {"lines": 3000}, out, log=log, err=io.StringIO())
+    assert output == [str(out / "weights.bin"), str(out / "config.json")]
+    assert (out / "weights.bin").read_bytes() == b"\x00\x01" * 1000
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "step 0 loss 1.0000" and lines[-1] == "step 2999 loss 0.0003" and len(lines) == 3000
+
+
+def test_training_that_raises(tmp_path: Path) -> None:
+    with pytest.raises(DriverError) as caught:
+        run_training(DRIVER_MODELS / "fails", {"learning_rate": 0.5}, tmp_path / "w", log=io.StringIO(),
+                     err=io.StringIO())
+    assert caught.value.reason == "TrainingFailed" and caught.value.exit_code == 10
+    assert "ValueError: learning rate too high: 0.5" in caught.value.message
+    assert not (tmp_path / "w").exists()
+
+
+def test_input_rejected_422(tmp_path: Path) -> None:
+    model = prepare_model(FIXTURE_MODELS / "all-inputs", tmp_path / "m")
+    server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
+    try:
+        driver = Driver(model_url=server.url, training_id="t-422", inputs={"train_data": "x", "steps": "five"},
+                        destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s",
+                        log=io.StringIO())
+        with pytest.raises(DriverError) as caught:
+            driver.run()
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    assert caught.value.reason == "InputRejected" and caught.value.exit_code == 12
+    assert 'input.steps: "five" is not of type "integer"' in caught.value.message
+    assert server.process.returncode is not None, "the driver shut the model server down"
+
+
+def test_cancel_mid_training(tmp_path: Path) -> None:
+    model = prepare_model(DRIVER_MODELS / "chatty", tmp_path / "m")
+    server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
+    log = io.StringIO()
+    driver = Driver(model_url=server.url, training_id="t-cancel", inputs={"lines": 10**9},
+                    destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", log=log)
+    threading.Timer(1.5, driver.cancel_requested.set).start()
+    try:
+        with pytest.raises(DriverError) as caught:
+            driver.run()
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    assert caught.value.reason == "Canceled" and caught.value.exit_code == 14
+    assert "step 0 loss" in log.getvalue()
+
+
+def test_unreachable_model_server(tmp_path: Path) -> None:
+    from cogserver import free_port
+
+    driver = Driver(model_url=f"http://127.0.0.1:{free_port()}", training_id="t", inputs={},
+                    destination=LocalDestination(tmp_path, "pvc://c"), scratch=tmp_path / "s", setup_timeout=1,
+                    log=io.StringIO())
+    with pytest.raises(DriverError) as caught:
+        driver.run()
+    assert caught.value.reason == "ModelUnreachable"
+
+
+@pytest.mark.parametrize(("name", "safe"), [("../../etc/passwd", "passwd"), ("..", "output"), ("a b$.bin", "a_b_.bin"),
+                                            ("%2e%2e%2fsecret", "secret"), (".hidden", "hidden"), ("w.safetensors", "w.safetensors")])
+def test_safe_names(name: str, safe: str) -> None:
+    assert safe_name(name) == safe
+
+
+def test_upload_with_a_traversal_name_stays_in_scratch(tmp_path: Path) -> None:
+    receiver = Receiver(tmp_path / "scratch", "127.0.0.1:0", io.StringIO())
+    (tmp_path / "scratch").mkdir()
+    try:
+        request = urllib.request.Request(f"{receiver.url}/upload/..%2F..%2Fetc%2Fpasswd", data=b"x" * 10, method="PUT")
+        with urllib.request.urlopen(request) as response:
+            location = response.headers["Location"]
+    finally:
+        receiver.stop()
+    assert location == "cogtrain-upload://passwd"
+    assert (tmp_path / "scratch" / "passwd").read_bytes() == b"x" * 10
+    assert not (tmp_path / "etc").exists()
+
+
+def test_destination_that_refuses_writes(tmp_path: Path) -> None:
+    blocked = tmp_path / "readonly"
+    blocked.write_text("a file where a folder should be")
+    source = tmp_path / "w.bin"
+    source.write_bytes(b"w")
+    with pytest.raises(DriverError) as caught:
+        LocalDestination(blocked / "sub", "pvc://weights/team").put(source, "w.bin")
+    assert caught.value.reason == "DestinationUnwritable" and caught.value.exit_code == 13
+    assert "cannot write to the destination pvc://weights/team/" in caught.value.message
+
+
+def test_termination_message_fits_and_overflows_to_a_file(tmp_path: Path) -> None:
+    small = json.loads(termination_message({"weights": "pvc://c/w.bin"}, None, None))
+    assert small == {"status": "succeeded", "output": {"weights": "pvc://c/w.bin"}, "weights": "pvc://c/w.bin"}
+    big_output = {f"file{i}": f"pvc://c/{'x' * 50}{i}.bin" for i in range(200)}
+    text = termination_message(big_output, None, LocalDestination(tmp_path, "pvc://c/p"))
+    assert len(text.encode()) <= 4096
+    assert json.loads(text)["output"] == {"$ref": "pvc://c/p/output.json"}
+    assert json.loads((tmp_path / "output.json").read_text()) == big_output
+    failed = json.loads(termination_message(None, DriverError("SetupFailed", "boom", 11), None))
+    assert failed == {"status": "failed", "reason": "SetupFailed", "message": "boom"}
+
+
+def test_cli_values_are_typed_by_the_schema(tmp_path: Path) -> None:
+    schema = parse_schema(load_schema_document("all-inputs"))
+    data = tmp_path / "d.zip"
+    data.write_bytes(b"z")
+    values = parse_inputs(schema, ["steps=5", "learning_rate=0.5", "use_lora=false", "tags=a", "tags=b",
+                                   "run_name=007", f"train_data=@{data}"])
+    assert values == {"steps": 5, "learning_rate": 0.5, "use_lora": False, "tags": ["a", "b"], "run_name": "007",
+                      "train_data": str(data)}
+
+
+def test_cogtrain_run_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(EXAMPLES / "hello-train"), "-i", "param=world"]) == 0
+    assert (tmp_path / "weights").read_text() == "hello world", "./weights, as `cog train` writes it"
+    assert main(["run", str(EXAMPLES / "hello-train"), "-i", "parm=world"]) == 1
+    assert 'input.parm: unknown input (Cog would silently ignore it). Did you mean "param"?' in capsys.readouterr().err
