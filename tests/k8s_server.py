@@ -338,6 +338,11 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         if current is None:
             raise KubernetesObjectNotFoundError()
         body = request.data if request.data is not None else json.loads(request.body or b"null")
+        expected = ((body.get("metadata") or {}) if isinstance(body, dict) else {}).get("resourceVersion")
+        if expected is not None and expected != current["metadata"].get("resourceVersion"):
+            raise KubernetesObjectConflictError(reason="Conflict", message=(
+                "Operation cannot be fulfilled: the object has been modified; "
+                "please apply your changes to the latest version and try again"))
         patched = json_patch(current, body) if isinstance(body, list) else merge_patch(current, body)
         if request.subresource == "status":
             patched = {**current, "status": patched.get("status")}

@@ -68,6 +68,7 @@ class Runtime(ApiClients):
         registry = RegistryClient(insecure_registries=settings.insecure_registries, timeout=settings.registry_timeout)
         return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry))
 
+
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo["runtime"]
     return runtime
@@ -294,21 +295,28 @@ def _adopt(
     pods: Iterable[Mapping[str, Any]],
     training: api.Training,
 ) -> None:
-    """After a restart: the Job exists, so only bring the status up to what it shows."""
+    """After a restart or a lost write: the Job exists, so only bring the status up to what it shows.
+
+    With a jobName already in the status, the conditional write of `sync_status` is used, so an
+    older view never overwrites what a Job or Pod event wrote meanwhile. Without one, nothing else
+    writes this status yet (`sync_status` waits for the jobName), so kopf's patch is safe.
+    """
     status = dict(body.get("status") or {})
-    if not status.get("jobName"):
-        status.update(
-            _status_patch(
-                runtime,
-                body,
-                api.Phase.PENDING,
-                "JobAdopted",
-                f"adopted the existing Job {job['metadata']['name']}",
-                (True, "InputsValid", "the Job was created from validated inputs"),
-                jobName=job["metadata"]["name"],
-            )
+    if status.get("jobName"):
+        sync_status(runtime, str(body.meta.namespace), body.meta.name, [job], pods)
+        return
+    status.update(
+        _status_patch(
+            runtime,
+            body,
+            api.Phase.PENDING,
+            "JobAdopted",
+            f"adopted the existing Job {job['metadata']['name']}",
+            (True, "InputsValid", "the Job was created from validated inputs"),
+            jobName=job["metadata"]["name"],
         )
-        patch.status.update(status)
+    )
+    patch.status.update(status)
     observation = observe(job, pods, training.spec.active_deadline_seconds)
     update = advance(status, observation, training.metadata.generation, runtime.now())
     if update:
@@ -372,38 +380,46 @@ def sync_status(
     jobs: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
 ) -> None:
-    """Recompute one Training's status from its Job and Pods and write it if it changed."""
+    """Recompute one Training's status from its Job and Pods and write it if it changed.
+
+    The write is conditional on the resourceVersion read, so two events handled at once can
+    never write an older view over a newer one; on a conflict the status is recomputed.
+    """
     if not training_name:
         return
-    try:
-        training: dict[str, Any] = cast(
-            dict[str, Any],
-            runtime.custom.get_namespaced_custom_object(
-                *TRAININGS[:2], namespace, TRAININGS[2], training_name, _request_timeout=runtime.request_timeout
-            ),
-        )
-    except ApiException as error:
-        if error.status == 404:
+    jobs, pods = list(jobs), list(pods)
+    for _ in range(5):
+        try:
+            training: dict[str, Any] = cast(
+                dict[str, Any],
+                runtime.custom.get_namespaced_custom_object(
+                    *TRAININGS[:2], namespace, TRAININGS[2], training_name, _request_timeout=runtime.request_timeout
+                ),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        meta = training["metadata"]
+        status = training.get("status") or {}
+        job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
+        if job is None or not status.get("jobName"):
+            return  # not created by this Training yet, or deleted (cancel, TTL): the status stays as it is
+        observation: Observation = observe(job, pods, (training.get("spec") or {}).get("activeDeadlineSeconds"))
+        update = advance(status, observation, meta.get("generation"), runtime.now())
+        if not update:
             return
-        raise
-    uid = training["metadata"].get("uid")
-    status = training.get("status") or {}
-    job = next((j for j in jobs if _owned_by(j, uid)), None)
-    if job is None or not status.get("jobName"):
-        return  # not created by this Training yet, or deleted (cancel, TTL): the status stays as it is
-    observation: Observation = observe(job, pods, (training.get("spec") or {}).get("activeDeadlineSeconds"))
-    update = advance(status, observation, training["metadata"].get("generation"), runtime.now())
-    if not update:
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
+        try:
+            runtime.custom.patch_namespaced_custom_object_status(
+                *TRAININGS[:2], namespace, TRAININGS[2], training_name, body, _request_timeout=runtime.request_timeout
+            )
+        except ApiException as error:
+            if error.status == 409:
+                continue  # someone wrote in between: read again and recompute
+            raise
+        _announce(training, status.get("phase"), update)
         return
-    runtime.custom.patch_namespaced_custom_object_status(
-        *TRAININGS[:2],
-        namespace,
-        TRAININGS[2],
-        training_name,
-        {"status": update},
-        _request_timeout=runtime.request_timeout,
-    )
-    _announce(training, status.get("phase"), update)
 
 
 def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any]) -> None:
