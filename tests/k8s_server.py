@@ -466,5 +466,6 @@ def start_kube_api(workdir: Path, crds: list[dict[str, Any]] = ()) -> KubeAPI:  
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}],
     }))
     configuration = client.Configuration(host=state["url"])
+    configuration.connection_pool_maxsize = 32
     return KubeAPI(state["url"], state["emulator"], client.ApiClient(configuration), kubeconfig, state["loop"],
                    stop, thread)

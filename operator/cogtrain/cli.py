@@ -202,7 +202,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
         os.environ, insecure_registries=args.insecure_registry, driver_image=args.driver_image,
         gpu_resource_name=args.gpu_resource_name, default_destination=args.default_destination,
         registry_timeout=args.registry_timeout)
-    runtime = handlers.Runtime.create(settings, client.ApiClient())
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32  # kopf runs up to 16 handlers at once
+    runtime = handlers.Runtime.create(settings, client.ApiClient(configuration))
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,

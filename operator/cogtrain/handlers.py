@@ -210,7 +210,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
 
     existing = _read_job(runtime, namespace, job_name(training))
     if existing is not None and _owned_by(existing, training.metadata.uid):
-        _adopt(runtime, body, patch, existing, _read_pods(runtime, namespace, name), training)
+        _adopt(runtime, body, training, existing, _read_pods(runtime, namespace, name))
         return
 
     spec = training.spec
@@ -272,56 +272,62 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
             )
             return
     message = f"created Job {manifest['metadata']['name']} running {model.pinned}"
-    patch.status.update(
-        _status_patch(
-            runtime,
-            body,
-            api.Phase.PENDING,
-            "JobCreated",
-            message,
-            (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
-            imageDigest=model.pinned,
-            jobName=manifest["metadata"]["name"],
-        )
+    fields = _status_patch(
+        runtime,
+        body,
+        api.Phase.PENDING,
+        "JobCreated",
+        message,
+        (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
+        imageDigest=model.pinned,
+        jobName=manifest["metadata"]["name"],
     )
+    _record_job(runtime, training, fields)
     kopf.info(body, reason="JobCreated", message=message)
+
+
+def _record_job(runtime: Runtime, training: api.Training, fields: dict[str, Any]) -> None:
+    """Write the jobName (and what goes with it) at once, then catch up with the Job and its Pods.
+
+    Job and Pod events are ignored until the status names the Job; written here rather than in
+    kopf's patch (applied only after the handler), and followed by one sync from fresh reads,
+    no event that came in between is lost.
+    """
+    namespace, name = training.metadata.namespace or "default", training.metadata.name or ""
+    runtime.custom.patch_namespaced_custom_object_status(
+        *TRAININGS[:2], namespace, TRAININGS[2], name, {"status": fields}, _request_timeout=runtime.request_timeout
+    )
+    job = _read_job(runtime, namespace, fields["jobName"])
+    if job is not None:
+        sync_status(runtime, namespace, name, [job], _read_pods(runtime, namespace, name))
 
 
 def _adopt(
     runtime: Runtime,
     body: kopf.Body,
-    patch: kopf.Patch,
+    training: api.Training,
     job: Mapping[str, Any],
     pods: Iterable[Mapping[str, Any]],
-    training: api.Training,
 ) -> None:
-    """After a restart or a lost write: the Job exists, so only bring the status up to what it shows.
+    """After a restart or a lost write: the Job exists, so bring the status up to what it shows.
 
-    With a jobName already in the status, the conditional write of `sync_status` is used, so an
-    older view never overwrites what a Job or Pod event wrote meanwhile. Without one, nothing else
-    writes this status yet (`sync_status` waits for the jobName), so kopf's patch is safe.
+    Through `sync_status`'s conditional write, so an older view never overwrites what a Job or
+    Pod event wrote meanwhile.
     """
-    status = dict(body.get("status") or {})
-    if status.get("jobName"):
-        sync_status(runtime, str(body.meta.namespace), body.meta.name, [job], pods)
+    namespace = training.metadata.namespace or "default"
+    if (body.get("status") or {}).get("jobName"):
+        sync_status(runtime, namespace, training.metadata.name, [job], pods)
         return
-    status.update(
-        _status_patch(
-            runtime,
-            body,
-            api.Phase.PENDING,
-            "JobAdopted",
-            f"adopted the existing Job {job['metadata']['name']}",
-            (True, "InputsValid", "the Job was created from validated inputs"),
-            jobName=job["metadata"]["name"],
-        )
+    fields = _status_patch(
+        runtime,
+        body,
+        api.Phase.PENDING,
+        "JobAdopted",
+        f"adopted the existing Job {job['metadata']['name']}",
+        (True, "InputsValid", "the Job was created from validated inputs"),
+        jobName=job["metadata"]["name"],
     )
-    patch.status.update(status)
-    observation = observe(job, pods, training.spec.active_deadline_seconds)
-    update = advance(status, observation, training.metadata.generation, runtime.now())
-    if update:
-        patch.status.update(update)
-        _announce(body, (body.get("status") or {}).get("phase"), update)
+    _record_job(runtime, training, fields)
 
 
 # --- cancel and suspend ----------------------------------------------------------------------
