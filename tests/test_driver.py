@@ -87,7 +87,8 @@ def test_cancel_mid_training(tmp_path: Path) -> None:
     server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
     log = io.StringIO()
     driver = Driver(model_url=server.url, training_id="t-cancel", inputs={"lines": 10**9},
-                    destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", log=log)
+                    destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", log=log,
+                    cancel_grace=3)
     threading.Timer(1.5, driver.cancel_requested.set).start()
     try:
         with pytest.raises(DriverError) as caught:
@@ -169,3 +170,86 @@ def test_cogtrain_run_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "weights").read_text() == "hello world", "./weights, as `cog train` writes it"
     assert main(["run", str(EXAMPLES / "hello-train"), "-i", "parm=world"]) == 1
     assert 'input.parm: unknown input (Cog would silently ignore it). Did you mean "param"?' in capsys.readouterr().err
+
+
+def _drive(tmp_path: Path, model: Path, env_inputs: dict[str, str], extra_args: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """`cogtrain drive` as the Job runs it, beside Cog's server started as the model container is."""
+    import os
+    import subprocess
+    import sys
+
+    from cogserver import free_port
+
+    listen = free_port()
+    server = start_cog_server(prepare_model(model, tmp_path / "model"),
+                              ["--await-explicit-shutdown", "true", "--upload-url", f"http://127.0.0.1:{listen}/upload/"])
+    env = {**os.environ, **env_inputs}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "cogtrain"), "drive", f"--model-url={server.url}",
+         f"--listen=127.0.0.1:{listen}", "--training-id=uid-123", "--destination=pvc://weights/team",
+         f"--destination-root={tmp_path / 'mnt'}", f"--scratch={tmp_path / 'scratch'}", "--namespace=ml",
+         "--name=tok", f"--termination-log={tmp_path / 'termination-log'}", *(extra_args or [])],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return server, process
+
+
+def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
+    server, process = _drive(tmp_path, FIXTURE_MODELS / "all-inputs", {
+        "COGTRAIN_INPUT_train_data": json.dumps(str(tmp_path)), "COGTRAIN_INPUT_caption_prefix": '"tok"',
+        "COGTRAIN_INPUT_steps": "9", "COGTRAIN_SECRET_INPUT_hf_token": "not-json secret"})
+    try:
+        out, err = process.communicate(timeout=60)
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    assert process.returncode == 0, err
+    report = json.loads((tmp_path / "termination-log").read_text())
+    assert report == {"status": "succeeded", "output": "pvc://weights/team/ml/tok/weights.bin",
+                      "weights": "pvc://weights/team/ml/tok/weights.bin"}
+    assert (tmp_path / "mnt" / "team" / "ml" / "tok" / "weights.bin").read_text().startswith("9 0.0001")
+    assert "not-json secret" not in out + err, "a Secret's value is never printed"
+
+
+def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    server, process = _drive(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": str(10**9)},
+                             ["--cancel-grace=3"])
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("step 0 loss"), "logs are streamed as they come"
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        process.wait(timeout=60)
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    assert time.monotonic() - started < 20, "the cancel grace, then the model server is shut down"
+    assert process.returncode == 14
+    assert json.loads((tmp_path / "termination-log").read_text()) == {
+        "status": "failed", "reason": "Canceled", "message": "the training was canceled"}
+
+
+def test_destination_layout_and_refusals(tmp_path: Path) -> None:
+    from cogtrain.driver import destination_for
+
+    destination = destination_for("pvc://weights/team/a/", tmp_path, "ml", "tok")
+    assert destination.folder == tmp_path / "team" / "a" / "ml" / "tok"
+    assert destination.uri_prefix == "pvc://weights/team/a/ml/tok"
+    assert destination_for("pvc://weights", tmp_path, "ml", "tok").uri_prefix == "pvc://weights/ml/tok"
+    for uri, message in (("pvc://w/../etc", "has . or .. in its path"), ("ftp://x", "is not supported")):
+        with pytest.raises(DriverError) as caught:
+            destination_for(uri, tmp_path, "ml", "tok")
+        assert caught.value.reason == "DestinationUnwritable" and message in caught.value.message
+
+
+def test_inputs_from_env() -> None:
+    from cogtrain.driver import inputs_from_env
+
+    assert inputs_from_env({"COGTRAIN_INPUT_steps": "5", "COGTRAIN_INPUT_tags": '["a"]', "PATH": "/bin",
+                            "COGTRAIN_SECRET_INPUT_token": "raw {not json}"}) == {
+        "steps": 5, "tags": ["a"], "token": "raw {not json}"}
+    with pytest.raises(DriverError) as caught:
+        inputs_from_env({"COGTRAIN_INPUT_steps": "five"})
+    assert caught.value.reason == "InputRejected" and "five" not in caught.value.message

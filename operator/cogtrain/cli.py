@@ -182,6 +182,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_drive(args: argparse.Namespace) -> int:
+    """The driver container of a training Pod (docs/driver.md): its exit code and termination message."""
+    import signal
+
+    from .driver import Driver, DriverError, destination_for, inputs_from_env, termination_message
+
+    destination = None
+    try:
+        destination = destination_for(args.destination, args.destination_root, args.namespace, args.name)
+        driver = Driver(
+            model_url=args.model_url,
+            training_id=args.training_id,
+            inputs=inputs_from_env(dict(os.environ)),
+            destination=destination,
+            scratch=args.scratch,
+            listen=args.listen,
+            setup_timeout=args.setup_timeout,
+            cancel_grace=args.cancel_grace,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: driver.cancel_requested.set())
+        output, error = driver.run(), None
+    except DriverError as failure:
+        output, error = None, failure
+    message = termination_message(output, error, destination)
+    try:
+        Path(args.termination_log).write_text(message, encoding="utf-8")
+    except OSError as failure:
+        print(f"cogtrain drive: cannot write {args.termination_log}: {failure.strerror}", file=sys.stderr)
+    if error is not None:
+        print(f"cogtrain drive: {error.reason}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    print(f"cogtrain drive: the training succeeded: {message}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator until interrupted: kopf with this project's handlers."""
     import kopf
@@ -192,16 +227,21 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     if not args.all_namespaces and not args.namespace:
         raise UsageError("give --all-namespaces (-A) or one --namespace NS per namespace to watch")
-    kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet,
-                   log_format=kopf.LogFormat[args.log_format.upper()])
+    kopf.configure(
+        verbose=args.verbose, debug=args.debug, quiet=args.quiet, log_format=kopf.LogFormat[args.log_format.upper()]
+    )
     try:
         config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, ~/.kube/config, or in-cluster
     except config.ConfigException as error:
         raise UsageError(f"no Kubernetes configuration: {error}") from None
     settings = settings_from(
-        os.environ, insecure_registries=args.insecure_registry, driver_image=args.driver_image,
-        gpu_resource_name=args.gpu_resource_name, default_destination=args.default_destination,
-        registry_timeout=args.registry_timeout)
+        os.environ,
+        insecure_registries=args.insecure_registry,
+        driver_image=args.driver_image,
+        gpu_resource_name=args.gpu_resource_name,
+        default_destination=args.default_destination,
+        registry_timeout=args.registry_timeout,
+    )
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 32  # kopf runs up to 16 handlers at once
     runtime = handlers.Runtime.create(settings, client.ApiClient(configuration))
@@ -235,11 +275,14 @@ def render_crd() -> str:
 
 def _registry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="reach the image's registry over plain HTTP (loopback registries always are)",
     )
     parser.add_argument(
-        "--registry-config", type=Path, metavar="FILE",
+        "--registry-config",
+        type=Path,
+        metavar="FILE",
         help="a docker config.json with registry credentials (default: ~/.docker/config.json if present)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the registry (default 30)")
@@ -262,24 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     validate.add_argument(
-        "--schema", type=Path,
+        "--schema",
+        type=Path,
         help="the model's OpenAPI schema (JSON), or a Cog model folder holding .cog/openapi_schema.json",
     )
     validate.add_argument("--model", help="a Cog model image; its schema is read from the registry")
     validate.add_argument("--input", type=Path, help="the inputs as a JSON or YAML object")
     validate.add_argument(
-        "--training", type=Path,
+        "--training",
+        type=Path,
         help="a Training manifest; its spec.input and spec.secretInputs are checked",
     )
     validate.add_argument(
-        "--secret-input", action="append", default=[], metavar="NAME",
+        "--secret-input",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="an input given through secretInputs (repeatable)",
     )
     _registry_arguments(validate)
     validate.set_defaults(handler=cmd_validate)
 
     schema = commands.add_parser(
-        "schema", help="show a model image's training inputs",
+        "schema",
+        help="show a model image's training inputs",
         description=(
             "Read a Cog model image's training schema from its registry and print its inputs "
             "(name, type, default, constraints, description) in train()'s parameter order."
@@ -291,23 +340,56 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=cmd_schema)
 
     run = commands.add_parser(
-        "run", help="train a Cog model folder on this machine (like `cog train`, without Docker)",
+        "run",
+        help="train a Cog model folder on this machine (like `cog train`, without Docker)",
         description=(
             "Validate the inputs against the model's schema, start its Cog server, run the training "
             "and write the output to ./weights (or -o). Needs the `cog` package (the `local` extra)."
         ),
     )
-    run.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
-                     help="a Cog model folder with .cog/openapi_schema.json")
-    run.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
-                     help="an input (repeatable); NAME=@FILE passes a local file")
-    run.add_argument("-o", "--output", type=Path, default=Path("weights"),
-                     help="where the output goes: a file for one output file, a folder for several (default ./weights)")
+    run.add_argument(
+        "model_dir", type=Path, metavar="MODEL_DIR", help="a Cog model folder with .cog/openapi_schema.json"
+    )
+    run.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input (repeatable); NAME=@FILE passes a local file",
+    )
+    run.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("weights"),
+        help="where the output goes: a file for one output file, a folder for several (default ./weights)",
+    )
     run.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
     run.set_defaults(handler=cmd_run)
 
+    drive = commands.add_parser(
+        "drive",
+        help="run one training against a Cog server (the training Pod's driver container)",
+        description="Drive the model's Cog server through one training; inputs come from COGTRAIN_INPUT_* variables.",
+    )
+    drive.add_argument("--model-url", default="http://127.0.0.1:5000")
+    drive.add_argument("--listen", default="127.0.0.1:5080", help="where the model server sends webhooks and files")
+    drive.add_argument("--training-id", required=True)
+    drive.add_argument("--destination", required=True, help="pvc://CLAIM/PATH")
+    drive.add_argument("--destination-root", type=Path, default=Path("/destination"))
+    drive.add_argument("--scratch", type=Path, default=Path("/scratch"))
+    drive.add_argument("--namespace", default="default")
+    drive.add_argument("--name", required=True)
+    drive.add_argument("--setup-timeout", type=float, default=1800.0)
+    drive.add_argument("--termination-log", default="/dev/termination-log")
+    drive.add_argument("--cancel-grace", type=float, default=20.0,
+                       help="seconds to wait for the model to confirm a cancel before shutting it down")
+    drive.set_defaults(handler=cmd_drive)
+
     operator = commands.add_parser(
-        "operator", help="run the operator (in a cluster, or against your kubeconfig)",
+        "operator",
+        help="run the operator (in a cluster, or against your kubeconfig)",
         description=(
             "Watch Trainings and run them as Jobs. Uses KUBECONFIG / ~/.kube/config, or the in-cluster "
             "service account. Flags follow `kopf run`; each setting can also come from COGTRAIN_* variables."
@@ -315,19 +397,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scope = operator.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch Trainings in every namespace")
-    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
-                       help="watch this namespace (repeatable; glob patterns as in kopf)")
-    operator.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable; glob patterns as in kopf)",
+    )
+    operator.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     operator.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     operator.add_argument("-v", "--verbose", action="store_true")
     operator.add_argument("--debug", action="store_true")
     operator.add_argument("-q", "--quiet", action="store_true")
-    operator.add_argument("--standalone", action="store_true", default=None,
-                          help="do not coordinate with other instances (no kopf peering)")
+    operator.add_argument(
+        "--standalone",
+        action="store_true",
+        default=None,
+        help="do not coordinate with other instances (no kopf peering)",
+    )
     operator.add_argument("--peering", metavar="NAME", help="the kopf peering object shared by instances")
     operator.add_argument("--priority", type=int, help="this instance's peering priority")
-    operator.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
-                          help="reach this registry over plain HTTP (repeatable; also COGTRAIN_INSECURE_REGISTRIES)")
+    operator.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="reach this registry over plain HTTP (repeatable; also COGTRAIN_INSECURE_REGISTRIES)",
+    )
     operator.add_argument("--driver-image", help="the image running `cogtrain drive` (COGTRAIN_DRIVER_IMAGE)")
     operator.add_argument("--gpu-resource-name", help="default GPU resource, e.g. nvidia.com/gpu")
     operator.add_argument("--default-destination", help="where outputs go when a Training names no destination")
@@ -335,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=cmd_operator)
 
     crd = commands.add_parser(
-        "crd", help="print the Training CustomResourceDefinition",
+        "crd",
+        help="print the Training CustomResourceDefinition",
         description="Print the Training CRD generated from the resource's typed models.",
     )
     crd.add_argument("-o", "--output", help="write to this file instead of standard output")

@@ -69,9 +69,11 @@ class LocalDestination:
                     target = self.folder / f"{stem}-{counter}{suffix}"
                 shutil.move(str(source), target)
             except OSError as error:
-                raise DriverError("DestinationUnwritable",
-                                  f"cannot write to the destination {self.uri_prefix}/: {error.strerror or error}",
-                                  ExitCode.DESTINATION_UNWRITABLE) from None
+                raise DriverError(
+                    "DestinationUnwritable",
+                    f"cannot write to the destination {self.uri_prefix}/: {error.strerror or error}",
+                    ExitCode.DESTINATION_UNWRITABLE,
+                ) from None
         return f"{self.uri_prefix}/{target.name}"
 
 
@@ -155,7 +157,7 @@ class Receiver:
         state = self.state
         logs = payload.get("logs") or ""
         if isinstance(logs, str) and len(logs) > state.logs_printed:
-            self.log.write(logs[state.logs_printed:])
+            self.log.write(logs[state.logs_printed :])
             self.log.flush()
             state.logs_printed = len(logs)
         if isinstance(payload.get("metrics"), dict):
@@ -195,6 +197,7 @@ class Driver:
     scratch: Path
     listen: str = "127.0.0.1:0"
     setup_timeout: float = 1800.0
+    cancel_grace: float = 20.0  # Cog 0.23 may not interrupt a running synchronous train() at all
     log: TextIO = sys.stdout
     progress: Callable[[float, str], None] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -213,8 +216,11 @@ class Driver:
             if state.status == "canceled" or self.cancel_requested.is_set():
                 raise DriverError("Canceled", "the training was canceled", ExitCode.CANCELED)
             if state.status == "failed":
-                raise DriverError("TrainingFailed", f"the model's training failed: {state.error or 'no error given'}",
-                                  ExitCode.TRAINING_FAILED)
+                raise DriverError(
+                    "TrainingFailed",
+                    f"the model's training failed: {state.error or 'no error given'}",
+                    ExitCode.TRAINING_FAILED,
+                )
             return self._store(state.output, receiver)
         finally:
             self._shutdown()
@@ -240,43 +246,58 @@ class Driver:
             if status == "SETUP_FAILED":
                 logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
                 self.log.write("\n".join(logs) + "\n")
-                raise DriverError("SetupFailed", "the model's setup failed: " + (logs[-1] if logs else "no logs"),
-                                  ExitCode.SETUP_FAILED)
+                raise DriverError(
+                    "SetupFailed",
+                    "the model's setup failed: " + (logs[-1] if logs else "no logs"),
+                    ExitCode.SETUP_FAILED,
+                )
             if self.progress is not None:
                 self.progress(time.monotonic() - started, str(status or "starting"))
             time.sleep(0.2)
         if not answered:
-            raise DriverError("ModelUnreachable", f"the model server at {self.model_url} never answered",
-                              ExitCode.MODEL_UNREACHABLE)
-        raise DriverError("SetupFailed", f"the model was not ready within {self.setup_timeout:g} s",
-                          ExitCode.SETUP_FAILED)
+            raise DriverError(
+                "ModelUnreachable", f"the model server at {self.model_url} never answered", ExitCode.MODEL_UNREACHABLE
+            )
+        raise DriverError(
+            "SetupFailed", f"the model was not ready within {self.setup_timeout:g} s", ExitCode.SETUP_FAILED
+        )
 
     def _submit(self, receiver_url: str) -> None:
-        body: dict[str, Any] = {"input": self.inputs, "webhook": f"{receiver_url}/webhook",
-                "webhook_events_filter": ["start", "output", "logs", "completed"]}
+        body: dict[str, Any] = {
+            "input": self.inputs,
+            "webhook": f"{receiver_url}/webhook",
+            "webhook_events_filter": ["start", "output", "logs", "completed"],
+        }
         try:
-            response = requests.put(f"{self.model_url}/trainings/{self.training_id}", json=body,
-                                    headers={"Prefer": "respond-async"}, timeout=30)
+            response = requests.put(
+                f"{self.model_url}/trainings/{self.training_id}",
+                json=body,
+                headers={"Prefer": "respond-async"},
+                timeout=30,
+            )
         except requests.RequestException as error:
-            raise DriverError("ModelUnreachable", f"cannot submit the training: {error}",
-                              ExitCode.MODEL_UNREACHABLE) from None
+            raise DriverError(
+                "ModelUnreachable", f"cannot submit the training: {error}", ExitCode.MODEL_UNREACHABLE
+            ) from None
         if response.status_code == 422:
             try:
                 details = [f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in response.json()["detail"]]
             except (ValueError, KeyError, TypeError):
                 details = [response.text[:500]]
-            raise DriverError("InputRejected", "the model rejected the input: " + "; ".join(details),
-                              ExitCode.INPUT_REJECTED)
+            raise DriverError(
+                "InputRejected", "the model rejected the input: " + "; ".join(details), ExitCode.INPUT_REJECTED
+            )
         if response.status_code >= 300:
-            raise DriverError("ModelUnreachable", f"the model server answered HTTP {response.status_code}",
-                              ExitCode.MODEL_UNREACHABLE)
+            raise DriverError(
+                "ModelUnreachable", f"the model server answered HTTP {response.status_code}", ExitCode.MODEL_UNREACHABLE
+            )
 
     def _cancel(self, receiver: Receiver) -> None:
         try:
             requests.post(f"{self.model_url}/trainings/{self.training_id}/cancel", timeout=5)
         except requests.RequestException:
             receiver.state.done.set()
-        receiver.state.done.wait(30)
+        receiver.state.done.wait(self.cancel_grace)
         receiver.state.done.set()
 
     def _shutdown(self) -> None:
@@ -292,7 +313,7 @@ class Driver:
         if isinstance(output, dict):
             return {key: self._store(value, receiver) for key, value in output.items()}
         if isinstance(output, str) and output.startswith(UPLOAD_SCHEME):
-            name = output[len(UPLOAD_SCHEME):]
+            name = output[len(UPLOAD_SCHEME) :]
             return self.destination.put(receiver.state.uploads[name], name)
         if isinstance(output, str) and output.startswith("data:"):
             path = receiver.upload_path("output")
@@ -307,10 +328,11 @@ def _decode_data_url(url: str, path: Path) -> None:
         if header.endswith(";base64"):
             for start in range(0, len(payload), 4 * _CHUNK):
                 try:
-                    out.write(base64.b64decode(payload[start:start + 4 * _CHUNK]))
+                    out.write(base64.b64decode(payload[start : start + 4 * _CHUNK]))
                 except binascii.Error:
-                    raise DriverError("TrainingFailed", "the model returned a malformed data: URL",
-                                      ExitCode.TRAINING_FAILED) from None
+                    raise DriverError(
+                        "TrainingFailed", "the model returned a malformed data: URL", ExitCode.TRAINING_FAILED
+                    ) from None
         else:
             out.write(urllib.parse.unquote_to_bytes(payload))
 
@@ -333,3 +355,38 @@ def termination_message(output: Any, error: DriverError | None, destination: Loc
         report["output"] = {"$ref": destination.put(Path(handle.name), "output.json")}
         text = json.dumps(report)
     return text
+
+
+INPUT_PREFIX = "COGTRAIN_INPUT_"
+SECRET_PREFIX = "COGTRAIN_SECRET_INPUT_"
+
+
+def inputs_from_env(environ: dict[str, str]) -> dict[str, Any]:
+    """The inputs the Job passes (docs/driver.md): JSON values, and Secret values as they are."""
+    inputs: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(SECRET_PREFIX):
+            inputs[key[len(SECRET_PREFIX) :]] = value
+        elif key.startswith(INPUT_PREFIX):
+            try:
+                inputs[key[len(INPUT_PREFIX) :]] = json.loads(value)
+            except ValueError:
+                raise DriverError("InputRejected", f"{key} is not JSON", ExitCode.INPUT_REJECTED) from None
+    return inputs
+
+
+def destination_for(uri: str, root: Path, namespace: str, name: str) -> LocalDestination:
+    """pvc://CLAIM/SUB/PATH, mounted at `root`: files land under SUB/PATH/<namespace>/<training>/."""
+    if not uri.startswith("pvc://"):
+        raise DriverError(
+            "DestinationUnwritable",
+            f"the destination {uri or '(none)'} is not supported by this driver (use pvc://CLAIM/PATH)",
+            ExitCode.DESTINATION_UNWRITABLE,
+        )
+    claim, _, sub = uri[len("pvc://") :].partition("/")
+    parts = [p for p in sub.split("/") if p] + [namespace, name]
+    if any(part in (".", "..") for part in parts):
+        raise DriverError(
+            "DestinationUnwritable", f"the destination {uri} has . or .. in its path", ExitCode.DESTINATION_UNWRITABLE
+        )
+    return LocalDestination(root.joinpath(*parts), "pvc://" + "/".join([claim, *parts]))
