@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import requests
 
 from .jobs import ExitCode
+from .status import weights_of
 
 UPLOAD_SCHEME = "cogtrain-upload://"
 TERMINATION_LIMIT = 4096
@@ -339,8 +340,6 @@ def _decode_data_url(url: str, path: Path) -> None:
 
 def termination_message(output: Any, error: DriverError | None, destination: LocalDestination | None) -> str:
     """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit."""
-    from .status import weights_of
-
     if error is not None:
         message = {"status": "failed", "reason": error.reason, "message": error.message[:3500]}
         return json.dumps(message)

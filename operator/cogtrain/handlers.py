@@ -27,12 +27,13 @@ from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_n
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
 from .settings import Settings
-from .status import TERMINAL, Observation, advance, conditions, observe
+from .status import TERMINAL, Observation, advance, observe, status_patch
 from .validation import validate_input
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 TRAININGS = (api.GROUP, api.VERSION, api.PLURAL)
+FINISHED = frozenset(phase.value for phase in TERMINAL)
 
 
 class ApiClients:
@@ -126,17 +127,10 @@ def _status_patch(
     validated: tuple[bool | None, str, str] | None,
     **fields: Any,
 ) -> dict[str, Any]:
-    status = body.get("status") or {}
+    """`status_patch` for this Training, as it stands now."""
+    previous = (body.get("status") or {}).get("conditions") or []
     generation = (body.get("metadata") or {}).get("generation")
-    patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
-    if phase is api.Phase.FAILED:
-        patch["error"] = message
-    if phase in TERMINAL:
-        patch["completionTime"] = runtime.now().isoformat().replace("+00:00", "Z")
-    patch["conditions"] = conditions(
-        phase, reason, message, generation, status.get("conditions") or [], runtime.now(), validated
-    )
-    return patch
+    return status_patch(phase, reason, message, generation, previous, runtime.now(), validated, **fields)
 
 
 def _fail(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
@@ -195,7 +189,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     """Validate the Training against its model and create its Job, or adopt the Job it already has."""
     runtime = _runtime(memo)
     status = body.get("status") or {}
-    if status.get("phase") in {p.value for p in TERMINAL}:
+    if status.get("phase") in FINISHED:
         return
     try:
         training = api.Training.model_validate(dict(body))
@@ -335,7 +329,7 @@ def _adopt(
 
 def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
     status = body.get("status") or {}
-    if status.get("phase") in {p.value for p in TERMINAL}:
+    if status.get("phase") in FINISHED:
         return
     name = status.get("jobName") or job_name(api.Training.model_validate(dict(body)))
     try:
@@ -365,7 +359,7 @@ def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
     """spec.suspend is passed on to the Job (Kueue suspends and resumes Jobs the same way)."""
     runtime = _runtime(memo)
     name = (body.get("status") or {}).get("jobName")
-    if not name or (body.get("status") or {}).get("phase") in {p.value for p in TERMINAL}:
+    if not name or (body.get("status") or {}).get("phase") in FINISHED:
         return
     try:
         runtime.batch.patch_namespaced_job(

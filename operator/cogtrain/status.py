@@ -248,7 +248,7 @@ def conditions(phase: Phase, reason: str, message: str, generation: int | None,
                previous: Iterable[Mapping[str, Any]], now: datetime | str,
                validated: tuple[bool | None, str, str] | None = None) -> list[dict[str, Any]]:
     """kstatus conditions (Ready, Reconciling, Stalled) plus Validated, Succeeded, Failed."""
-    stamp = now if isinstance(now, str) else now.isoformat().replace("+00:00", "Z")
+    stamp = now if isinstance(now, str) else _stamp(now)
     before = {c.get("type", ""): c for c in previous}
     out = []
     if validated is not None:
@@ -268,6 +268,24 @@ def conditions(phase: Phase, reason: str, message: str, generation: int | None,
     return out
 
 
+def _stamp(now: datetime) -> str:
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def status_patch(phase: Phase, reason: str, message: str, generation: int | None,
+                 previous: Iterable[Mapping[str, Any]], now: datetime | str,
+                 validated: tuple[bool | None, str, str] | None = None, **fields: Any) -> dict[str, Any]:
+    """The status for a phase: `error` when Failed, `completionTime` when finished, and the conditions."""
+    stamp = now if isinstance(now, str) else _stamp(now)
+    patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
+    if phase is Phase.FAILED:
+        patch["error"] = message
+    if phase in TERMINAL:
+        patch.setdefault("completionTime", stamp)
+    patch["conditions"] = conditions(phase, reason, message, generation, previous, stamp, validated)
+    return patch
+
+
 def advance(current: Mapping[str, Any] | None, observation: Observation, generation: int | None,
             now: datetime) -> dict[str, Any] | None:
     """The status patch that moves `current` to what was observed, or None when nothing changes.
@@ -282,22 +300,19 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     new = observation.phase
     if phase is Phase.RUNNING and new is Phase.PENDING and observation.reason not in ("Suspended", "Retrying"):
         return None
-    patch: dict[str, Any] = {"phase": new.value, "observedGeneration": generation}
+    fields: dict[str, Any] = {}
     start = current.get("startTime") or observation.start_time
     if new is not Phase.PENDING and start:
-        patch["startTime"] = start
-    stamp: datetime | str = now
-    if new in TERMINAL:
-        # The Job's own finishing time, so two writers observing the same end write the same status.
-        stamp = patch["completionTime"] = observation.completion_time or now.isoformat().replace("+00:00", "Z")
+        fields["startTime"] = start
     if new is Phase.SUCCEEDED:
-        patch["output"] = observation.output
+        fields["output"] = observation.output
         if observation.weights:
-            patch["weights"] = observation.weights
-    if new is Phase.FAILED:
-        patch["error"] = observation.message
-    patch["conditions"] = conditions(new, observation.reason, observation.message, generation,
-                                     current.get("conditions") or [], stamp)
+            fields["weights"] = observation.weights
+    # Finished: stamped with the Job's own finishing time, so two writers observing the same end
+    # write the same status.
+    stamp = (observation.completion_time or _stamp(now)) if new in TERMINAL else now
+    patch = status_patch(new, observation.reason, observation.message, generation,
+                         current.get("conditions") or [], stamp, **fields)
     unchanged = all(current.get(k) == v for k, v in patch.items() if k != "conditions") and [
         (c["type"], c["status"], c["reason"], c["message"]) for c in patch["conditions"]] == [
         (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []]
