@@ -41,7 +41,9 @@ ensure_venv() {
   fi
   wanted="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) ${extra:-base}"
   stamp="$VENV/.cogtrain-installed"
-  if [ -f "$stamp" ] && { grep -qxF "$wanted" "$stamp" || { [ -z "$extra" ] && grep -q "^${wanted%% *} " "$stamp"; }; }; then
+  # Any group satisfies "base"; the test group holds everything the local group does.
+  if [ -f "$stamp" ] && { grep -qxF "$wanted" "$stamp" || { [ -z "$extra" ] && grep -q "^${wanted%% *} " "$stamp"; } ||
+       { [ "$extra" = local ] && grep -qxF "${wanted%% *} test" "$stamp"; }; }; then
     return 0
   fi
   echo "installing cog-training-operator${extra:+ [$extra]} into .venv (first run only)" >&2

@@ -91,8 +91,10 @@ class CogServer:
                 self.process.wait()
 
 
-def start_cog_server(model_dir: Path, extra_args: list[str] | None = None, timeout: float = 90) -> CogServer:
-    """Start Cog's server in train mode on `model_dir` and wait until it is READY."""
+def start_cog_server(
+    model_dir: Path, extra_args: list[str] | None = None, timeout: float = 90, wait_ready: bool = True
+) -> CogServer:
+    """Start Cog's server in train mode on `model_dir` and wait until it is READY (or just answers)."""
     config = yaml.safe_load((model_dir / "cog.yaml").read_text())
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
@@ -121,7 +123,11 @@ def start_cog_server(model_dir: Path, extra_args: list[str] | None = None, timeo
             status, body = server.request("GET", "/health-check", timeout=2)
             if status == 200 and isinstance(body, dict) and body.get("status") == "READY":
                 return server
+            if not wait_ready and status == 200:
+                return server
             if isinstance(body, dict) and body.get("status") == "SETUP_FAILED":
+                if not wait_ready:
+                    return server
                 server.stop()
                 raise RuntimeError(f"Cog setup failed: {body}")
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -15,6 +15,7 @@ from cogserver import CogServer, prepare_model, start_cog_server
 from cogtrain.schema import TrainingSchema, parse_schema
 from k8s_server import KubeAPI, start_kube_api
 from registry_server import OCI_MANIFEST, Registry, start_registry
+from s3_server import S3Server, start_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -127,6 +128,14 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]
     finally:
         for registry in started:
             registry.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible endpoint (moto server) with a `trainings` bucket and IAM enforced."""
+    server = start_s3()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import pytest
 
 from cogserver import prepare_model, start_cog_server
 from cogtrain.cli import main
-from cogtrain.driver import Driver, DriverError, LocalDestination, Receiver, safe_name, termination_message
+from cogtrain.destinations import DriverError, LocalDestination, safe_name
+from cogtrain.driver import Driver, Receiver, termination_message
 from cogtrain.local import parse_inputs, run_training
 from cogtrain.schema import parse_schema
 from conftest import EXAMPLES, FIXTURE_MODELS, load_schema_document
@@ -232,13 +233,13 @@ def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
 
 
 def test_destination_layout_and_refusals(tmp_path: Path) -> None:
-    from cogtrain.driver import destination_for
+    from cogtrain.destinations import destination_for
 
     destination = destination_for("pvc://weights/team/a/", tmp_path, "ml", "tok")
     assert destination.folder == tmp_path / "team" / "a" / "ml" / "tok"
     assert destination.uri_prefix == "pvc://weights/team/a/ml/tok"
     assert destination_for("pvc://weights", tmp_path, "ml", "tok").uri_prefix == "pvc://weights/ml/tok"
-    for uri, message in (("pvc://w/../etc", "has . or .. in its path"), ("ftp://x", "is not supported")):
+    for uri, message in (("pvc://w/../etc", "no . or .. in its path"), ("s3:///p", "needs a bucket"), ("ftp://x", "is not supported")):
         with pytest.raises(DriverError) as caught:
             destination_for(uri, tmp_path, "ml", "tok")
         assert caught.value.reason == "DestinationUnwritable" and message in caught.value.message
@@ -253,3 +254,21 @@ def test_inputs_from_env() -> None:
     with pytest.raises(DriverError) as caught:
         inputs_from_env({"COGTRAIN_INPUT_steps": "five"})
     assert caught.value.reason == "InputRejected" and "five" not in caught.value.message
+
+
+def test_setup_failure_is_final_and_reported_with_the_setup_logs(tmp_path: Path) -> None:
+    server = start_cog_server(prepare_model(DRIVER_MODELS / "setup-fails", tmp_path / "m"), wait_ready=False)
+    log = io.StringIO()
+    try:
+        with pytest.raises(DriverError) as caught:
+            Driver(model_url=server.url, training_id="t1", inputs={}, log=log,
+                   destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s").run()
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    assert (caught.value.reason, caught.value.exit_code) == ("SetupFailed", 11)
+    assert caught.value.message.startswith("the model's setup failed: ")
+    assert "FileNotFoundError: /weights/base.safetensors: no such file" in caught.value.message
+    assert "/weights/base.safetensors" in log.getvalue(), "the setup logs go to the driver's output"
+    assert server.process.returncode is not None, "the model server was told to shut down"
+    assert list((tmp_path / "dest").iterdir()) == [], "nothing stored"

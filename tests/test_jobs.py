@@ -14,6 +14,7 @@ from cogtrain.jobs import (
     DRIVER_CONTAINER,
     INPUT_ENV_PREFIX,
     MODEL_CONTAINER,
+    S3_ENV,
     SECRET_ENV_PREFIX,
     ExitCode,
     build_job,
@@ -159,6 +160,20 @@ def test_destinations() -> None:
     pod = job["spec"]["template"]["spec"]
     assert "--destination=s3://b/p/" in pod["containers"][0]["args"]
     assert all(v["name"] != "destination" for v in pod["volumes"])
+
+
+def test_s3_settings_come_from_the_secret_by_reference_only() -> None:
+    job = build_job(training(destination="s3://b/p", destinationSecretRef={"name": "s3-creds"}), IMAGE, INPUTS,
+                    Settings(default_destination_secret="fallback"))
+    env = {e["name"]: e for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")}
+    assert sorted(env) == sorted(S3_ENV)
+    assert all(e["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": k, "optional": True} and "value" not in e
+               for k, e in env.items()), "keys may be absent (IRSA, AWS's own endpoint); values never inlined"
+    job = build_job(training(destination="s3://b/p"), IMAGE, INPUTS, Settings(default_destination_secret="fallback"))
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")} == {"fallback"}
+    for spec in ({"destination": "s3://b/p"}, {"destination": "pvc://w", "destinationSecretRef": {"name": "s3-creds"}}):
+        job = build_job(training(**spec), IMAGE, INPUTS, Settings())
+        assert not [e for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")]
 
 
 def test_scheduling_merges_operator_defaults() -> None:

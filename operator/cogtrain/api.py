@@ -142,6 +142,15 @@ class TrainingSpec(_Model):
             "Files land under <destination>/<namespace>/<training>/. Unset: the operator's default."
         ),
     )
+    destination_secret_ref: V1LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Secret in the Training's namespace with the s3:// destination's settings, under the AWS SDK's names: "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and optionally AWS_SESSION_TOKEN, AWS_REGION and "
+            "AWS_ENDPOINT_URL (any S3-compatible store). Unset: the operator's default, else the Pod's own "
+            "identity (e.g. IRSA)."
+        ),
+    )
     resources: Resources | None = Field(
         default=None,
         description="GPUs and compute resources of the model container (default: 1 GPU).",

@@ -154,7 +154,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train a Cog model folder locally and write its output to -o (default ./weights)."""
-    from .driver import DriverError
+    from .destinations import DriverError
     from .local import LocalRunError, parse_inputs, run_training
 
     model_dir = args.model_dir
@@ -182,11 +182,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict with a Cog model folder locally, loading --weights through COG_WEIGHTS."""
+    from .destinations import DriverError
+    from .local import LocalRunError, parse_inputs, predict_schema, run_prediction
+
+    try:
+        schema = predict_schema(dict(load_schema(args.model_dir).document))
+        values = parse_inputs(schema, args.input)
+    except LocalRunError as error:
+        raise UsageError(f"{args.model_dir}: {error}") from None
+    if args.weights is not None and not args.weights.exists():
+        raise UsageError(f"--weights {args.weights}: no such file")
+    result = validate_input(schema, values, [])
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not result.ok:
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        output = run_prediction(args.model_dir, result.input, args.weights, args.output,
+                                setup_timeout=args.setup_timeout)
+    except LocalRunError as error:
+        raise UsageError(str(error)) from None
+    except DriverError as error:
+        print(f"cogtrain predict: {error.reason}: {error.message}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
 def cmd_drive(args: argparse.Namespace) -> int:
     """The driver container of a training Pod (docs/driver.md): its exit code and termination message."""
     import signal
 
-    from .driver import Driver, DriverError, destination_for, inputs_from_env, termination_message
+    from .destinations import DriverError, destination_for
+    from .driver import Driver, inputs_from_env, termination_message
 
     destination = None
     try:
@@ -240,6 +272,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         driver_image=args.driver_image,
         gpu_resource_name=args.gpu_resource_name,
         default_destination=args.default_destination,
+        default_destination_secret=args.default_destination_secret,
         registry_timeout=args.registry_timeout,
     )
     configuration = client.Configuration.get_default_copy()
@@ -368,6 +401,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
     run.set_defaults(handler=cmd_run)
 
+    predict = commands.add_parser(
+        "predict",
+        help="run one prediction of a Cog model folder with trained weights (like `cog predict -e COG_WEIGHTS=...`)",
+        description=(
+            "Start the model's Cog server in predict mode with COG_WEIGHTS set to --weights, run one prediction "
+            "and print its output (a file output is written to -o). Needs the `cog` package (the `local` extra)."
+        ),
+    )
+    predict.add_argument(
+        "model_dir", type=Path, metavar="MODEL_DIR", help="a Cog model folder with .cog/openapi_schema.json"
+    )
+    predict.add_argument(
+        "-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+        help="an input (repeatable); NAME=@FILE passes a local file",
+    )
+    predict.add_argument("--weights", type=Path, help="the weights of a training (e.g. ./weights from `cogtrain run`)")
+    predict.add_argument("-o", "--output", type=Path, default=Path("output"), help="where a file output goes")
+    predict.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
+    predict.set_defaults(handler=cmd_predict)
+
     drive = commands.add_parser(
         "drive",
         help="run one training against a Cog server (the training Pod's driver container)",
@@ -376,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--model-url", default="http://127.0.0.1:5000")
     drive.add_argument("--listen", default="127.0.0.1:5080", help="where the model server sends webhooks and files")
     drive.add_argument("--training-id", required=True)
-    drive.add_argument("--destination", required=True, help="pvc://CLAIM/PATH")
+    drive.add_argument(
+        "--destination", required=True, help="pvc://CLAIM/PATH (mounted at --destination-root) or s3://BUCKET/PREFIX"
+    )
     drive.add_argument("--destination-root", type=Path, default=Path("/destination"))
     drive.add_argument("--scratch", type=Path, default=Path("/scratch"))
     drive.add_argument("--namespace", default="default")
@@ -430,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--driver-image", help="the image running `cogtrain drive` (COGTRAIN_DRIVER_IMAGE)")
     operator.add_argument("--gpu-resource-name", help="default GPU resource, e.g. nvidia.com/gpu")
     operator.add_argument("--default-destination", help="where outputs go when a Training names no destination")
+    operator.add_argument(
+        "--default-destination-secret",
+        help="Secret (in each Training's namespace) with s3:// settings, when a Training names none",
+    )
     operator.add_argument("--registry-timeout", type=float, help="seconds to wait for a registry (default 10)")
     operator.set_defaults(handler=cmd_operator)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
-import re
+import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -22,60 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import requests
 
+from .destinations import Destination, DriverError, safe_name
 from .jobs import ExitCode
 from .status import weights_of
 
 UPLOAD_SCHEME = "cogtrain-upload://"
 TERMINATION_LIMIT = 4096
 _CHUNK = 1024 * 1024
-
-
-class DriverError(Exception):
-    """A training that did not succeed: `reason` and `exit_code` as in docs/driver.md."""
-
-    def __init__(self, reason: str, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.exit_code = exit_code
-
-
-def safe_name(name: str) -> str:
-    """A model-chosen file name made safe: no directories, no traversal, no odd characters."""
-    base = urllib.parse.unquote(name).replace("\\", "/").rsplit("/", 1)[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
-    return base or "output"
-
-
-class LocalDestination:
-    """A folder (a mounted PVC, or ./weights for `cogtrain run`); files keep unique, safe names."""
-
-    def __init__(self, folder: Path, uri_prefix: str) -> None:
-        self.folder = folder
-        self.uri_prefix = uri_prefix.rstrip("/")
-        self._lock = threading.Lock()
-
-    def put(self, source: Path, name: str) -> str:
-        with self._lock:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                target = self.folder / safe_name(name)
-                stem, suffix, counter = target.stem, target.suffix, 1
-                while target.exists():
-                    counter += 1
-                    target = self.folder / f"{stem}-{counter}{suffix}"
-                shutil.move(str(source), target)
-            except OSError as error:
-                raise DriverError(
-                    "DestinationUnwritable",
-                    f"cannot write to the destination {self.uri_prefix}/: {error.strerror or error}",
-                    ExitCode.DESTINATION_UNWRITABLE,
-                ) from None
-        return f"{self.uri_prefix}/{target.name}"
 
 
 @dataclass
@@ -94,11 +54,12 @@ class _State:
 class Receiver:
     """The driver's HTTP side: webhooks from the model server and its output file uploads."""
 
-    def __init__(self, scratch: Path, listen: str, log: TextIO) -> None:
+    def __init__(self, scratch: Path, listen: str, log: TextIO, notices: TextIO = sys.stderr) -> None:
         self.state = _State()
         self.scratch = scratch
         self._lock = threading.Lock()
         self.log = log
+        self.notices = notices
         host, _, port = listen.rpartition(":")
         receiver = self
 
@@ -120,6 +81,7 @@ class Receiver:
                 name = safe_name(self.path.split("?", 1)[0])
                 path = receiver.upload_path(name)
                 remaining = int(self.headers.get("Content-Length") or 0)
+                started = time.monotonic()
                 with path.open("wb") as out:
                     if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                         while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
@@ -127,7 +89,12 @@ class Receiver:
                             self.rfile.readline()
                         self.rfile.readline()
                     else:
-                        shutil.copyfileobj(_Limited(self.rfile, remaining), out, _CHUNK)
+                        _receive(self.rfile, self.connection, out, remaining)
+                    size = out.tell()
+                seconds = time.monotonic() - started
+                rate = size / max(seconds, 1e-6) / 2**20
+                receiver.notices.write(f"received {path.name}: {size} bytes in {seconds:.2f} s ({rate:.0f} MiB/s)\n")
+                receiver.notices.flush()
                 self.send_response(201)
                 self.send_header("Location", f"{UPLOAD_SCHEME}{path.name}")
                 self.send_header("Content-Length", "0")
@@ -173,6 +140,33 @@ class Receiver:
         self.server.server_close()
 
 
+def _receive(rfile: Any, connection: socket.socket, out: BinaryIO, length: int) -> None:
+    """Copy a `length`-byte body to `out`: what the request parser already buffered, then the rest
+    straight from the socket to the file in the kernel (splice through a pipe) where Linux allows,
+    so a multi-GiB weights file costs no copies through Python and no memory beyond the pipe."""
+    buffered = rfile.read1(min(length, len(rfile.peek(1)))) if length else b""
+    out.write(buffered)
+    out.flush()
+    length -= len(buffered)
+    if length and hasattr(os, "splice"):
+        read_end, write_end = os.pipe()
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), _CHUNK)
+            source, target = connection.fileno(), out.fileno()
+            while length:
+                moved = os.splice(source, write_end, min(length, _CHUNK))
+                if not moved:
+                    raise ConnectionError("the upload ended early")
+                length -= moved
+                while moved:
+                    moved -= os.splice(read_end, target, moved)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+    shutil.copyfileobj(_Limited(rfile, length), out, _CHUNK)
+
+
 class _Limited:
     """Read at most `size` bytes from a stream."""
 
@@ -194,20 +188,22 @@ class Driver:
     model_url: str
     training_id: str
     inputs: dict[str, Any]
-    destination: LocalDestination
+    destination: Destination
     scratch: Path
     listen: str = "127.0.0.1:0"
     setup_timeout: float = 1800.0
     cancel_grace: float = 20.0  # Cog 0.23 may not interrupt a running synchronous train() at all
-    log: TextIO = sys.stdout
+    log: TextIO = sys.stdout  # the training's own logs
+    notices: TextIO = sys.stderr  # the driver's messages about it
     progress: Callable[[float, str], None] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> Any:
         """The output with every file replaced by its stored URI, or DriverError."""
         self.scratch.mkdir(parents=True, exist_ok=True)
-        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log)
+        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log, self.notices)
         try:
+            self.destination.check()
             self._wait_ready()
             self._submit(receiver.url)
             while not receiver.state.done.wait(0.2):
@@ -318,12 +314,13 @@ class Driver:
             return self.destination.put(receiver.state.uploads[name], name)
         if isinstance(output, str) and output.startswith("data:"):
             path = receiver.upload_path("output")
-            _decode_data_url(output, path)
+            decode_data_url(output, path)
             return self.destination.put(path, path.name)
         return output
 
 
-def _decode_data_url(url: str, path: Path) -> None:
+def decode_data_url(url: str, path: Path) -> None:
+    """Write a data: URL's bytes to `path`, decoding base64 in pieces (outputs can be large)."""
     header, _, payload = url.partition(",")
     with path.open("wb") as out:
         if header.endswith(";base64"):
@@ -338,7 +335,7 @@ def _decode_data_url(url: str, path: Path) -> None:
             out.write(urllib.parse.unquote_to_bytes(payload))
 
 
-def termination_message(output: Any, error: DriverError | None, destination: LocalDestination | None) -> str:
+def termination_message(output: Any, error: DriverError | None, destination: Destination | None) -> str:
     """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit."""
     if error is not None:
         message = {"status": "failed", "reason": error.reason, "message": error.message[:3500]}
@@ -372,20 +369,3 @@ def inputs_from_env(environ: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 raise DriverError("InputRejected", f"{key} is not JSON", ExitCode.INPUT_REJECTED) from None
     return inputs
-
-
-def destination_for(uri: str, root: Path, namespace: str, name: str) -> LocalDestination:
-    """pvc://CLAIM/SUB/PATH, mounted at `root`: files land under SUB/PATH/<namespace>/<training>/."""
-    if not uri.startswith("pvc://"):
-        raise DriverError(
-            "DestinationUnwritable",
-            f"the destination {uri or '(none)'} is not supported by this driver (use pvc://CLAIM/PATH)",
-            ExitCode.DESTINATION_UNWRITABLE,
-        )
-    claim, _, sub = uri[len("pvc://") :].partition("/")
-    parts = [p for p in sub.split("/") if p] + [namespace, name]
-    if any(part in (".", "..") for part in parts):
-        raise DriverError(
-            "DestinationUnwritable", f"the destination {uri} has . or .. in its path", ExitCode.DESTINATION_UNWRITABLE
-        )
-    return LocalDestination(root.joinpath(*parts), "pvc://" + "/".join([claim, *parts]))

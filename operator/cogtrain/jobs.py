@@ -24,6 +24,9 @@ MODEL_PORT = 5000
 DRIVER_PORT = 5080
 INPUT_ENV_PREFIX = "COGTRAIN_INPUT_"
 SECRET_ENV_PREFIX = "COGTRAIN_SECRET_INPUT_"
+# The s3:// destination's settings, under the AWS SDKs' own names: the Job takes them from the
+# Secret named by spec.destinationSecretRef, and the driver reads them (docs/driver.md).
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
 DESTINATION_MOUNT = "/destination"
 SCRATCH_MOUNT = "/scratch"
 
@@ -86,6 +89,16 @@ def _input_env(inputs: dict[str, Any], secret_inputs: dict[str, SecretKeySelecto
     return env
 
 
+def _destination_env(destination: str, secret: str | None) -> list[dict[str, Any]]:
+    """An s3:// destination's settings from its Secret, by reference: no value is ever in the Job."""
+    if not destination.startswith("s3://") or not secret:
+        return []
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        for key in S3_ENV
+    ]
+
+
 def _destination_volume(destination: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """A pvc:// destination is mounted into the driver; s3:// needs no volume."""
     if not destination.startswith("pvc://"):
@@ -128,6 +141,8 @@ def build_job(
     labels = labels_for(training)
     destination = spec.destination or settings.default_destination or ""
     secret_inputs = dict(spec.secret_inputs or {})
+    secret_ref = spec.destination_secret_ref
+    destination_secret = (secret_ref.name if secret_ref else None) or settings.default_destination_secret
 
     shm: dict[str, Any] = {"medium": "Memory"}
     if settings.shm_size:
@@ -179,7 +194,7 @@ def build_job(
             f"--name={meta.name or ''}",
             f"--setup-timeout={settings.setup_timeout_seconds}",
         ],
-        "env": _input_env(inputs, secret_inputs),
+        "env": _input_env(inputs, secret_inputs) + _destination_env(destination, destination_secret),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",

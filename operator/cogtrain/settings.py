@@ -28,6 +28,7 @@ class Settings(BaseModel):
     driver_image_pull_policy: str = "IfNotPresent"
     gpu_resource_name: str = DEFAULT_GPU_RESOURCE
     default_destination: str | None = None
+    default_destination_secret: str | None = None
     default_node_selector: dict[str, str] = Field(default_factory=dict)
     default_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     shm_size: str | None = Field(default=None, description="Size limit of /dev/shm; None: up to the node's memory.")
@@ -41,6 +42,7 @@ ENVIRONMENT = {
     "driver_image": "COGTRAIN_DRIVER_IMAGE",
     "gpu_resource_name": "COGTRAIN_GPU_RESOURCE_NAME",
     "default_destination": "COGTRAIN_DEFAULT_DESTINATION",
+    "default_destination_secret": "COGTRAIN_DEFAULT_DESTINATION_SECRET",
     "default_node_selector": "COGTRAIN_DEFAULT_NODE_SELECTOR",
     "default_tolerations": "COGTRAIN_DEFAULT_TOLERATIONS",
     "shm_size": "COGTRAIN_SHM_SIZE",
