@@ -44,9 +44,10 @@ def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "
 class RunningOperator:
     """`cogtrain operator` as it runs in a cluster, minus the CLI: kopf with the project's handlers."""
 
-    def __init__(self, kube: KubeAPI, runtime: Runtime) -> None:
+    def __init__(self, kube: KubeAPI, runtime: Runtime, peering: str | None = None) -> None:
         self.kube = kube
         self.runtime = runtime
+        self.peering = peering  # None: standalone
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
@@ -60,7 +61,8 @@ class RunningOperator:
             settings = kopf.OperatorSettings()
             settings.process.ultimate_exiting_timeout = None  # type: ignore[assignment]
             try:
-                asyncio.run(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready,
+                asyncio.run(kopf.operator(clusterwide=True, standalone=self.peering is None,
+                                          peering_name=self.peering, ready_flag=ready,
                                           stop_flag=self.stop_flag, settings=settings,
                                           memo=kopf.Memo(runtime=self.runtime)))
             except BaseException as error:  # noqa: BLE001  (reported by stop())

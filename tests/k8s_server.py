@@ -156,6 +156,8 @@ class ClusterEmulator(kmock.KubernetesScaffold):
     history: list[tuple[int, Key, str, dict[str, Any]]] = attrs.field(factory=list)
     faults: list[Fault] = attrs.field(factory=list)
     log: list[tuple[str, str, str | None, str | None]] = attrs.field(factory=list)  # method, plural, sub, ns
+    # Every request as RBAC sees it: (apiGroup, resource, subresource, verb, namespace, name, Authorization).
+    verbs: list[tuple[str, str, str | None, str, str | None, str | None, str | None]] = attrs.field(factory=list)
     _revision: Any = attrs.field(factory=lambda: itertools.count(1))
     _tick: asyncio.Event | None = attrs.field(default=None)
     _oldest_watchable: int = attrs.field(default=0)
@@ -222,6 +224,9 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         plural = request.resource.plural if request.resource else ""
         method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
         self.log.append((method, plural or "", request.subresource, request.namespace))
+        group = request.resource.group if request.resource else ""
+        self.verbs.append((group or "", plural or "", request.subresource, _verb(method, request), request.namespace,
+                           request.name, (request.headers or {}).get("Authorization")))
         for fault in self.faults:
             if fault.hits < fault.times and fault.method == method and fault.plural == plural and (
                 fault.subresource == request.subresource
@@ -420,6 +425,17 @@ class KubeAPI(ApiClients):
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def _verb(method: str, request: rendering.Request) -> str:
+    """The RBAC verb of a request, as the API server's authorizer names it."""
+    params = request.params or {}
+    if method == "GET":
+        if str(params.get("watch", "")).lower() in ("1", "true"):
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if request.name else "deletecollection"}.get(method, method.lower())
 
 
 def start_kube_api(workdir: Path, crds: list[dict[str, Any]] = ()) -> KubeAPI:  # type: ignore[assignment]

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_driver import DRIVER_MODELS, _drive
 
 from cogserver import prepare_model, start_cog_server
 from cogtrain.destinations import DriverError, LocalDestination, S3Destination, destination_for
 from cogtrain.driver import Driver
 from s3_server import BUCKET, S3Server
+from test_driver import DRIVER_MODELS, _drive
 
 
 def test_drive_command_stores_in_s3_with_checksums(tmp_path: Path, s3: S3Server) -> None:

@@ -142,7 +142,9 @@ def test_inputs_are_json_env_and_secrets_only_references() -> None:
 def test_driver_is_unprivileged_and_reports_through_its_termination_message() -> None:
     _, driver = containers(build_job(training(), IMAGE, INPUTS, Settings(driver_image="example.com/cogtrain:1")))
     assert driver["image"] == "example.com/cogtrain:1"
-    assert driver["args"][0] == "drive"
+    assert driver["command"] == ["cogtrain"] and driver["args"][0] == "drive"
+    assert {"name": "TMPDIR", "value": "/scratch"} in driver["env"], "temporary files on the writable scratch volume"
+    assert {"name": "scratch", "mountPath": "/scratch"} in driver["volumeMounts"]
     security = driver["securityContext"]
     assert security["runAsNonRoot"] and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]} and security["readOnlyRootFilesystem"]

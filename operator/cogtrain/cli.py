@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +277,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     )
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 32  # kopf runs up to 16 handlers at once
-    runtime = handlers.Runtime.create(settings, client.ApiClient(configuration))
+    runtime = handlers.Runtime.create(
+        settings, client.ApiClient(configuration), webhook_config=webhook_config(args, os.environ),
+        metrics_port=args.metrics_port or None,
+    )
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,
@@ -288,6 +291,26 @@ def cmd_operator(args: argparse.Namespace) -> int:
         memo=kopf.Memo(runtime=runtime),
     )
     return EXIT_OK
+
+
+def webhook_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    """The admission webhook's settings from the flags; None when --webhook-port is not given."""
+    from .webhook import WebhookConfig
+
+    if not args.webhook_port:
+        return None
+    if not (args.webhook_cert_dir or args.webhook_secret):
+        raise UsageError("--webhook-port needs --webhook-cert-dir (cert-manager) or --webhook-secret (self-signed)")
+    return WebhookConfig(
+        port=args.webhook_port,
+        service=args.webhook_service,
+        namespace=environ.get("POD_NAMESPACE") or "default",
+        cert_dir=args.webhook_cert_dir,
+        secret=args.webhook_secret,
+        configuration=args.webhook_configuration,
+        failure_policy=args.webhook_failure_policy,
+        lookup_timeout=args.webhook_lookup_timeout,
+    )
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -490,6 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="Secret (in each Training's namespace) with s3:// settings, when a Training names none",
     )
     operator.add_argument("--registry-timeout", type=float, help="seconds to wait for a registry (default 10)")
+    webhook = operator.add_argument_group("admission webhook (docs/install.md)")
+    webhook.add_argument("--webhook-port", type=int, help="serve the validating webhook over HTTPS on this port")
+    webhook.add_argument("--webhook-service", default="cog-training-operator-webhook",
+                         help="the webhook's Service, in POD_NAMESPACE: the certificate's DNS names")
+    webhook.add_argument("--webhook-cert-dir", type=Path, help="tls.crt and tls.key from cert-manager (reloaded)")
+    webhook.add_argument("--webhook-secret", help="self-signed: the Secret (in POD_NAMESPACE) to keep them in")
+    webhook.add_argument("--webhook-configuration", help="self-signed: the ValidatingWebhookConfiguration to patch")
+    webhook.add_argument("--webhook-failure-policy", choices=["Ignore", "Fail"], default="Ignore",
+                         help="when the model's schema cannot be read in time: admit with a warning, or deny")
+    webhook.add_argument("--webhook-lookup-timeout", type=float, default=3.0,
+                         help="seconds a review may spend reading a model's schema (default 3)")
+    operator.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at :PORT/metrics")
     operator.set_defaults(handler=cmd_operator)
 
     crd = commands.add_parser(

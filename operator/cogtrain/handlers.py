@@ -5,6 +5,7 @@
 - Jobs and Pods labelled for a Training are indexed; every change to them recomputes the
   Training's status through the status subresource.
 - `spec.cancel` deletes the Job and marks the Training Canceled; `spec.suspend` is passed on.
+- The validating webhook answers with `admission`'s decisions; every Training event feeds `metrics`.
 Deleting a Training deletes its Job through the ownerReference (no finalizer).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,7 +23,7 @@ import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from . import api
+from . import admission, api, metrics, webhook
 from .credentials import read_pull_secrets
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
 from .registry import RegistryClient, RegistryError
@@ -56,18 +58,25 @@ class ApiClients:
 
 @dataclass
 class Runtime(ApiClients):
-    """What the handlers share: settings, the schema resolver, the API client, a clock."""
+    """What the handlers share: settings, the schema resolver, the API client, a clock, the webhook."""
 
     settings: Settings
     api_client: client.ApiClient
     resolver: SchemaResolver
     request_timeout: float = 30.0
     now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
+    webhook_config: webhook.WebhookConfig | None = None
+    metrics_port: int | None = None
+    lookups: webhook.BoundedLookup | None = None
 
     @classmethod
-    def create(cls, settings: Settings, api_client: client.ApiClient) -> Runtime:
+    def create(cls, settings: Settings, api_client: client.ApiClient, **options: Any) -> Runtime:
         registry = RegistryClient(insecure_registries=settings.insecure_registries, timeout=settings.registry_timeout)
-        return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry))
+        return cls(settings=settings, api_client=api_client, resolver=SchemaResolver(registry), **options)
+
+    def __post_init__(self) -> None:
+        timeout = self.webhook_config.lookup_timeout if self.webhook_config else 3.0
+        self.lookups = webhook.BoundedLookup(self.resolver, lambda: self.core, timeout=timeout)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -76,8 +85,14 @@ def _runtime(memo: Any) -> Runtime:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts."""
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts;
+    the admission webhook's server and TLS; the metrics endpoint."""
+    runtime = _runtime(memo)
+    settings.admission.server = webhook.server(runtime.webhook_config, runtime.api_client)
+    metrics.watch_resolver(lambda: runtime.resolver.stats)
+    if runtime.metrics_port is not None:
+        metrics.serve(runtime.metrics_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="cog.run", key="last-handled-configuration"
@@ -437,3 +452,44 @@ def job_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwa
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
     _child_event(namespace, labels, memo, kwargs)
+
+
+# --- admission and metrics ----------------------------------------------------------------------
+
+
+@kopf.on.validate(*TRAININGS, id=webhook.WEBHOOK_PATH, operations=["CREATE", "UPDATE"])
+def admit(
+    body: kopf.Body, warnings: list[str], memo: kopf.Memo,
+    old: kopf.Body | None = None, operation: str | None = None, **_: Any,
+) -> None:
+    """The validating webhook: bad Trainings are refused at `kubectl apply`, not on a GPU node."""
+    runtime = _runtime(memo)
+    started = time.perf_counter()
+    if operation == "UPDATE" and old is not None:
+        decision = admission.review_update(old, body)
+    else:
+        spec = body.get("spec") or {}
+        secrets = tuple(str(s.get("name")) for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict))
+        assert runtime.lookups is not None
+        resolve = runtime.lookups.for_training(
+            body.get("metadata", {}).get("namespace") or "default", secrets,
+            spec.get("serviceAccountName") or "default",
+        )
+        policy = runtime.webhook_config.failure_policy if runtime.webhook_config else "Ignore"
+        decision = admission.review_create(body, resolve, policy, runtime.settings.default_destination)
+    metrics.ADMISSIONS.labels(operation or "", decision.decision).inc()
+    metrics.ADMISSION_LATENCY.labels(operation or "").observe(time.perf_counter() - started)
+    warnings.extend(decision.warnings)
+    if not decision.allowed:
+        raise kopf.AdmissionError(decision.message, code=422)
+
+
+@kopf.on.event(*TRAININGS)
+def track(body: kopf.Body, type: str | None, uid: str | None, **_: Any) -> None:  # noqa: A002  (kopf's name)
+    """Trainings by phase, and their transitions, for the metrics endpoint."""
+    if uid is None:
+        return
+    if type == "DELETED":
+        metrics.TRAININGS.forget(uid)
+    else:
+        metrics.TRAININGS.observe(uid, body)

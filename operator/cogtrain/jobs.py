@@ -182,6 +182,8 @@ def build_job(
         "name": DRIVER_CONTAINER,
         "image": settings.driver_image,
         "imagePullPolicy": settings.driver_image_pull_policy,
+        # Explicit, so a driver image with another ENTRYPOINT works as long as cogtrain is on PATH.
+        "command": ["cogtrain"],
         "args": [
             "drive",
             f"--model-url=http://127.0.0.1:{MODEL_PORT}",
@@ -194,7 +196,10 @@ def build_job(
             f"--name={meta.name or ''}",
             f"--setup-timeout={settings.setup_timeout_seconds}",
         ],
-        "env": _input_env(inputs, secret_inputs) + _destination_env(destination, destination_secret),
+        # The root filesystem is read-only: temporary files (e.g. an oversized output.json) go to scratch.
+        "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}]
+        + _input_env(inputs, secret_inputs)
+        + _destination_env(destination, destination_secret),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",

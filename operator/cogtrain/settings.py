@@ -40,6 +40,7 @@ class Settings(BaseModel):
 
 ENVIRONMENT = {
     "driver_image": "COGTRAIN_DRIVER_IMAGE",
+    "driver_image_pull_policy": "COGTRAIN_DRIVER_IMAGE_PULL_POLICY",
     "gpu_resource_name": "COGTRAIN_GPU_RESOURCE_NAME",
     "default_destination": "COGTRAIN_DEFAULT_DESTINATION",
     "default_destination_secret": "COGTRAIN_DEFAULT_DESTINATION_SECRET",

@@ -1,0 +1,114 @@
+"""What the validating admission webhook decides about a Training (pure: no API, no I/O of its own).
+
+On CREATE a Training is checked like the operator checks it before it makes a Job: its spec
+against the resource's types, then its inputs against the model's own training schema, every
+problem in one message so `kubectl apply` shows them all. The schema lookup is bounded by the
+caller; when it cannot be done in time (registry slow or down) the decision follows the webhook's
+failurePolicy: `Ignore` admits with a warning (the operator checks again before any GPU is used),
+`Fail` denies. On UPDATE only `spec.cancel` and `spec.suspend` may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydantic
+
+from . import api
+from .registry import RegistryError
+from .resolver import ResolvedModel
+from .validation import validate_input
+
+FailurePolicy = Literal["Ignore", "Fail"]
+
+
+class LookupTimeout(Exception):
+    """The model's schema could not be read within the admission time budget."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    decision: str  # for metrics: allowed, denied, unchecked
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"Training {meta.get('namespace') or ''}/{meta.get('name') or meta.get('generateName') or ''}".rstrip("/")
+
+
+def _spec_problems(error: pydantic.ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{location}: {item['msg']}")
+    return problems
+
+
+def review_create(
+    body: Mapping[str, Any],
+    resolve: Callable[[str], ResolvedModel],
+    failure_policy: FailurePolicy = "Ignore",
+    default_destination: str | None = None,
+) -> Decision:
+    """Admit a new Training whose spec is well-formed and whose inputs the model accepts.
+
+    `resolve(image)` returns the model's schema, or raises RegistryError or LookupTimeout.
+    """
+    try:
+        training = api.Training.model_validate(dict(body))
+    except pydantic.ValidationError as error:
+        return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(_spec_problems(error)))
+    spec = training.spec
+    problems: list[str] = []
+    if not (spec.destination or default_destination):
+        problems.append(
+            "spec.destination: not set and the operator has no default destination "
+            "(set it to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)"
+        )
+    try:
+        model = resolve(spec.model)
+    except (LookupTimeout, RegistryError) as error:
+        retryable = isinstance(error, LookupTimeout) or error.retryable
+        reason = str(error) if isinstance(error, RegistryError) else f"reading the schema of {spec.model}: {error}"
+        if not retryable:
+            problems.insert(0, f"spec.model: {reason}")
+            return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(problems))
+        if problems:
+            return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(problems))
+        if failure_policy == "Fail":
+            return Decision(False, "denied", f"cannot check the inputs of {_name(body)} now: {reason}; try again")
+        return Decision(True, "unchecked", warnings=[
+            f"the inputs were not checked ({reason}); the operator checks them before the training starts"
+        ])
+    result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
+    problems += [str(problem) for problem in result.problems]
+    warnings = [str(warning) for warning in result.warnings]
+    if problems:
+        return Decision(
+            False, "denied", f"{_name(body)} is invalid for {model.pinned}: " + "; ".join(problems), warnings
+        )
+    return Decision(True, "allowed", warnings=warnings)
+
+
+def review_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Decision:
+    """Only spec.cancel and spec.suspend may change after creation, and a cancel cannot be undone."""
+    old_spec, new_spec = dict(old.get("spec") or {}), dict(new.get("spec") or {})
+    changed = sorted(
+        key for key in set(old_spec) | set(new_spec)
+        if key not in api.MUTABLE_SPEC_FIELDS and old_spec.get(key) != new_spec.get(key)
+    )
+    problems = [
+        f"spec.{key}: cannot be changed after creation (only spec.cancel and spec.suspend may change; "
+        f"delete and re-create the Training to change spec.{key})"
+        for key in changed
+    ]
+    if old_spec.get("cancel") is True and new_spec.get("cancel") is not True:
+        problems.append("spec.cancel: a canceled Training cannot be resumed; create a new Training")
+    if problems:
+        return Decision(False, "denied", f"{_name(new)}: " + "; ".join(problems))
+    return Decision(True, "allowed")

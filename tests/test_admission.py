@@ -1,0 +1,313 @@
+"""The validating admission webhook: its decisions, its TLS, and kopf serving real AdmissionReviews over HTTPS."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import urllib3
+from cryptography import x509
+from kubernetes import client
+
+from cluster_sim import RunningOperator, wait_for
+from cogserver import free_port
+from cogtrain import certs
+from cogtrain.admission import LookupTimeout, review_create, review_update
+from cogtrain.handlers import Runtime
+from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind
+from cogtrain.resolver import SchemaResolver
+from cogtrain.settings import Settings
+from cogtrain.webhook import WEBHOOK_PATH, WebhookConfig
+from conftest import Registries
+from k8s_server import KubeAPI
+
+DATA = "https://example.com/data.zip"
+NAMESPACE = "cogtrain-system"
+SERVICE = "cogtrain-webhook"
+
+
+def training(model: str, inputs: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "cog.run/v1alpha1", "kind": "Training",
+            "metadata": {"name": "tok", "namespace": "ml", "uid": str(uuid.uuid4())},
+            "spec": {"model": model, "input": inputs if inputs is not None else {"train_data": DATA, "seed": 3},
+                     "destination": "s3://weights/", **spec}}
+
+
+@pytest.fixture(scope="module")
+def resolver() -> SchemaResolver:
+    return SchemaResolver(RegistryClient(timeout=2))
+
+
+def model(registries: Registries, name: str = "training-output") -> str:
+    return f"{registries.anonymous.host}/acme/{name}:1.0"
+
+
+# --- decisions (pure) ------------------------------------------------------------------------------
+
+
+def test_good_training_is_allowed(registries: Registries, resolver: SchemaResolver) -> None:
+    decision = review_create(training(model(registries)), resolver.resolve)
+    assert (decision.allowed, decision.decision, decision.warnings) == (True, "allowed", [])
+
+
+def test_every_problem_in_one_message(registries: Registries, resolver: SchemaResolver) -> None:
+    body = training(model(registries, "all-inputs"),
+                    {"train_data": DATA, "steps": 0, "optimizer": "AdamW", "stepz": 1}, destination=None)
+    decision = review_create(body, resolver.resolve)
+    assert not decision.allowed and decision.decision == "denied"
+    message = decision.message
+    assert message.startswith(f"Training ml/tok is invalid for {registries.anonymous.host}/acme/all-inputs@sha256:")
+    for expected in ("spec.destination: not set and the operator has no default destination",
+                     "input.steps: 0 is less than the minimum of 1",
+                     'input.optimizer: "AdamW" is not one of the allowed choices',
+                     'input.stepz: unknown input (Cog would silently ignore it). Did you mean "steps"?',
+                     "input.caption_prefix: "):
+        assert expected in message, message
+
+
+def test_deprecated_inputs_are_warnings(registries: Registries, resolver: SchemaResolver) -> None:
+    decision = review_create(training(model(registries, "edge-cases"), {"old": "y"}), resolver.resolve)
+    assert decision.allowed and decision.warnings and "old" in decision.warnings[0] and "deprecated" in decision.warnings[0]
+
+
+def test_malformed_spec_is_denied_by_field(resolver: SchemaResolver) -> None:
+    body = training("example.com/x:1", backoffLimit=-1)
+    decision = review_create(body, resolver.resolve)
+    assert not decision.allowed and "spec.backoff_limit" in decision.message.replace("backoffLimit", "backoff_limit")
+
+
+def test_unknown_image_is_denied_naming_spec_model(registries: Registries, resolver: SchemaResolver) -> None:
+    decision = review_create(training(f"{registries.anonymous.host}/acme/nope:1.0"), resolver.resolve)
+    assert not decision.allowed and decision.message.startswith("Training ml/tok is invalid: spec.model: ")
+
+
+@pytest.mark.parametrize("error", [LookupTimeout("no answer within 3 s"),
+                                   RegistryError(RegistryErrorKind.UNAVAILABLE, "registry.example.com: HTTP 503")])
+def test_registry_down_follows_the_failure_policy(error: Exception) -> None:
+    def down(image: str) -> Any:
+        raise error
+
+    ignored = review_create(training("registry.example.com/acme/x:1"), down, "Ignore")
+    assert ignored.allowed and ignored.decision == "unchecked"
+    assert "the operator checks them before the training starts" in ignored.warnings[0]
+    failed = review_create(training("registry.example.com/acme/x:1"), down, "Fail")
+    assert not failed.allowed and failed.message.startswith("cannot check the inputs of Training ml/tok now: ")
+
+
+def test_updates_may_change_only_cancel_and_suspend() -> None:
+    old = training("example.com/x:1")
+    assert review_update(old, {**old, "spec": {**old["spec"], "cancel": True, "suspend": True}}).allowed
+    assert review_update(old, {**old, "metadata": {**old["metadata"], "labels": {"a": "b"}}}).allowed
+    denied = review_update(old, {**old, "spec": {**old["spec"], "input": {"seed": 4}, "model": "example.com/y:1"}})
+    assert not denied.allowed
+    assert denied.message == (
+        "Training ml/tok: spec.input: cannot be changed after creation (only spec.cancel and spec.suspend may "
+        "change; delete and re-create the Training to change spec.input); spec.model: cannot be changed after "
+        "creation (only spec.cancel and spec.suspend may change; delete and re-create the Training to change spec.model)")
+    canceled = {**old, "spec": {**old["spec"], "cancel": True}}
+    undone = review_update(canceled, {**old, "spec": {**old["spec"], "cancel": False}})
+    assert not undone.allowed and "a canceled Training cannot be resumed" in undone.message
+
+
+# --- certificates ------------------------------------------------------------------------------------
+
+
+def test_certificates_are_kept_in_a_secret_and_renewed_when_needed(kube: KubeAPI) -> None:
+    core = client.CoreV1Api(kube.api_client)
+    namespace = f"tls-{uuid.uuid4().hex[:6]}"
+    names = certs.dns_names(SERVICE, namespace)
+    first = certs.ensure_secret(core, namespace, "tls", names)
+    assert certs.ensure_secret(core, namespace, "tls", names) == first, "a restart reuses the stored certificate"
+    cert = x509.load_pem_x509_certificate(first.cert)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert f"{SERVICE}.{namespace}.svc" in sans
+    assert certs.ensure_secret(core, namespace, "tls", certs.dns_names("other", namespace)) != first, "new names"
+    soon = datetime.datetime.now(datetime.UTC) + certs.VALIDITY - datetime.timedelta(days=1)
+    assert not certs.usable(first, names, now=soon), "renewed before it expires"
+    assert not certs.usable(certs.TLSBundle(b"junk", b"junk", b"junk"), names)
+
+
+# --- the webhook served by kopf over HTTPS ------------------------------------------------------------
+
+
+class Webhook:
+    def __init__(self, port: int, ca: bytes, hostname: str = f"{SERVICE}.{NAMESPACE}.svc") -> None:
+        self.ca = ca
+        self.metrics_port: int | None = None
+        self.pool = urllib3.HTTPSConnectionPool(
+            "127.0.0.1", port, cert_reqs="CERT_REQUIRED", ca_cert_data=ca.decode(),
+            server_hostname=hostname, assert_hostname=hostname, retries=False,
+        )
+
+    def review(self, operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None = None) -> dict[str, Any]:
+        uid = str(uuid.uuid4())
+        request = {
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": uid, "kind": {"group": "cog.run", "version": "v1alpha1", "kind": "Training"},
+                "resource": {"group": "cog.run", "version": "v1alpha1", "resource": "trainings"},
+                "requestKind": {"group": "cog.run", "version": "v1alpha1", "kind": "Training"},
+                "requestResource": {"group": "cog.run", "version": "v1alpha1", "resource": "trainings"},
+                "name": "tok", "namespace": "ml", "operation": operation,
+                "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+                "object": obj, "oldObject": old, "dryRun": False,
+            },
+        }
+        answer = self.pool.request("POST", f"/{WEBHOOK_PATH}", body=json.dumps(request).encode(),
+                                   headers={"Content-Type": "application/json"}, timeout=15)
+        assert answer.status == 200, answer.data
+        review = json.loads(answer.data)
+        assert review["kind"] == "AdmissionReview" and review["response"]["uid"] == uid
+        return review["response"]
+
+
+def _hanging_registry() -> tuple[socket.socket, str]:
+    """A host that accepts connections and never answers: a registry that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def webhook(kube: KubeAPI) -> Iterator[tuple[Webhook, RunningOperator]]:
+    admission = client.AdmissionregistrationV1Api(kube.api_client)
+    admission.create_validating_webhook_configuration({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "cogtrain"},
+        "webhooks": [{
+            "name": "trainings.cog.run", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"name": SERVICE, "namespace": NAMESPACE, "path": f"/{WEBHOOK_PATH}"}},
+            "rules": [{"apiGroups": ["cog.run"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["trainings"]}],
+        }],
+    })
+    config = WebhookConfig(port=free_port(), addr="127.0.0.1", service=SERVICE, namespace=NAMESPACE,
+                           secret="cogtrain-webhook-tls", configuration="cogtrain", lookup_timeout=1.0)
+    runtime = Runtime(settings=Settings(driver_image="example.com/cogtrain:test"), api_client=kube.api_client,
+                      resolver=SchemaResolver(RegistryClient(timeout=5)), webhook_config=config,
+                      metrics_port=free_port())
+    operator = RunningOperator(kube, runtime).start()
+    try:
+        secret = client.CoreV1Api(kube.api_client).read_namespaced_secret("cogtrain-webhook-tls", NAMESPACE)
+        ca = base64.b64decode(secret.data["ca.crt"])
+        configuration = admission.read_validating_webhook_configuration("cogtrain")
+        assert base64.b64decode(configuration.webhooks[0].client_config.ca_bundle) == ca, "caBundle set from the Secret"
+        hook = Webhook(config.port, ca)
+        hook.metrics_port = runtime.metrics_port
+        wait_for(lambda: _answers(hook), timeout=20, what="the webhook server")
+        yield hook, operator
+    finally:
+        operator.stop()
+
+
+def _answers(hook: Webhook) -> bool:
+    try:
+        hook.review("UPDATE", training("example.com/x:1"), training("example.com/x:1"))
+        return True
+    except (urllib3.exceptions.HTTPError, AssertionError):
+        return False
+
+
+def test_webhook_allows_over_verified_tls(webhook: tuple[Webhook, RunningOperator], registries: Registries) -> None:
+    hook, _ = webhook
+    response = hook.review("CREATE", training(model(registries)))
+    assert response["allowed"] is True and not response.get("warnings")
+
+
+def test_webhook_denies_with_field_level_message(webhook: tuple[Webhook, RunningOperator],
+                                                 registries: Registries) -> None:
+    hook, _ = webhook
+    response = hook.review("CREATE", training(model(registries, "all-inputs"), {"train_data": DATA, "steps": 0}))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 422
+    message = response["status"]["message"]
+    assert "input.steps: 0 is less than the minimum of 1" in message and "input.caption_prefix: " in message
+
+
+def test_webhook_warns(webhook: tuple[Webhook, RunningOperator], registries: Registries) -> None:
+    hook, _ = webhook
+    response = hook.review("CREATE", training(model(registries, "edge-cases"), {"old": "y"}))
+    assert response["allowed"] is True
+    assert any("old" in warning and "deprecated" in warning for warning in response["warnings"])
+
+
+def test_webhook_denies_changing_an_immutable_field(webhook: tuple[Webhook, RunningOperator]) -> None:
+    hook, _ = webhook
+    old = training("example.com/x:1")
+    response = hook.review("UPDATE", {**old, "spec": {**old["spec"], "input": {"seed": 4}}}, old)
+    assert response["allowed"] is False
+    assert "spec.input: cannot be changed after creation (only spec.cancel and spec.suspend may change" in \
+        response["status"]["message"]
+    assert hook.review("UPDATE", {**old, "spec": {**old["spec"], "cancel": True}}, old)["allowed"] is True
+
+
+def test_webhook_answers_in_time_when_the_registry_hangs(webhook: tuple[Webhook, RunningOperator]) -> None:
+    hook, _ = webhook
+    listener, host = _hanging_registry()
+    try:
+        started = time.monotonic()
+        response = hook.review("CREATE", training(f"{host}/acme/slow:1.0"))
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert elapsed < 3, f"answered in {elapsed:.1f} s: well inside the API server's 10 s"
+    assert response["allowed"] is True, "failurePolicy Ignore: admitted, the operator checks again"
+    assert "the inputs were not checked" in response["warnings"][0]
+
+
+def test_webhook_certificate_is_refused_for_another_name(webhook: tuple[Webhook, RunningOperator]) -> None:
+    hook, _ = webhook
+    wrong = urllib3.HTTPSConnectionPool(
+        "127.0.0.1", hook.pool.port, cert_reqs="CERT_REQUIRED", ca_cert_data=hook.ca.decode(),
+        server_hostname="evil.example.com", assert_hostname="evil.example.com", retries=False)
+    with pytest.raises(urllib3.exceptions.SSLError):
+        wrong.request("POST", f"/{WEBHOOK_PATH}", body=b"{}", timeout=5)
+    untrusted = urllib3.HTTPSConnectionPool(  # the system's CAs: our self-signed CA is not among them
+        "127.0.0.1", hook.pool.port, cert_reqs="CERT_REQUIRED", server_hostname=f"{SERVICE}.{NAMESPACE}.svc",
+        retries=False)
+    with pytest.raises(urllib3.exceptions.SSLError):
+        untrusted.request("POST", f"/{WEBHOOK_PATH}", body=b"{}", timeout=5)
+
+
+def test_admission_decisions_and_latency_are_metrics(webhook: tuple[Webhook, RunningOperator],
+                                                     registries: Registries) -> None:
+    from test_metrics import scrape
+
+    hook, _ = webhook
+    assert hook.metrics_port is not None
+    before = scrape(hook.metrics_port)
+    hook.review("CREATE", training(model(registries, "all-inputs"), {"train_data": DATA, "steps": 0}))
+    hook.review("CREATE", training(model(registries)))
+    after = scrape(hook.metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("cogtrain_admission_reviews_total", operation="CREATE", decision="denied") == 1
+    assert delta("cogtrain_admission_reviews_total", operation="CREATE", decision="allowed") == 1
+    assert delta("cogtrain_admission_duration_seconds_count", operation="CREATE") == 2
+    assert delta("cogtrain_admission_duration_seconds_bucket", operation="CREATE", le="0.05") == 2, "cached: fast"
+
+
+def test_cert_manager_mode_serves_the_mounted_files(tmp_path: Any) -> None:
+    from cogtrain.webhook import server
+
+    bundle = certs.generate(certs.dns_names(SERVICE, NAMESPACE))
+    (tmp_path / "tls.crt").write_bytes(bundle.cert + bundle.ca)
+    (tmp_path / "tls.key").write_bytes(bundle.key)
+    config = WebhookConfig(cert_dir=tmp_path, service=SERVICE, namespace=NAMESPACE)
+    webhook_server = server(config, client.ApiClient())
+    assert webhook_server.certfile == str(tmp_path / "tls.crt") and webhook_server.pkeyfile == str(tmp_path / "tls.key")
+    assert webhook_server.host == f"{SERVICE}.{NAMESPACE}.svc"
+    with pytest.raises(ValueError, match="--webhook-cert-dir"):
+        server(WebhookConfig(), client.ApiClient())
