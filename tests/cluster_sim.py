@@ -44,10 +44,12 @@ def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "
 class RunningOperator:
     """`cogtrain operator` as it runs in a cluster, minus the CLI: kopf with the project's handlers."""
 
-    def __init__(self, kube: KubeAPI, runtime: Runtime, peering: str | None = None) -> None:
+    def __init__(self, kube: KubeAPI, runtime: Runtime, peering: str | None = None,
+                 namespaces: list[str] | None = None) -> None:
         self.kube = kube
         self.runtime = runtime
         self.peering = peering  # None: standalone
+        self.namespaces = namespaces  # None: cluster-wide
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
@@ -61,7 +63,8 @@ class RunningOperator:
             settings = kopf.OperatorSettings()
             settings.process.ultimate_exiting_timeout = None  # type: ignore[assignment]
             try:
-                asyncio.run(kopf.operator(clusterwide=True, standalone=self.peering is None,
+                asyncio.run(kopf.operator(clusterwide=self.namespaces is None, namespaces=self.namespaces or (),
+                                          standalone=self.peering is None,
                                           peering_name=self.peering, ready_flag=ready,
                                           stop_flag=self.stop_flag, settings=settings,
                                           memo=kopf.Memo(runtime=self.runtime)))

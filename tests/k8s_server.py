@@ -30,7 +30,7 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
-from kmock._internal import rendering
+from kmock._internal import parsing, rendering
 from kmock._internal.k8s import (
     KubernetesError,
     KubernetesObjectConflictError,
@@ -42,6 +42,19 @@ from kubernetes import client
 from cogtrain.handlers import ApiClients
 
 Key = tuple[str, str, str | None, str]  # (group/version, plural, namespace, name)
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock 0.8 cannot parse the cluster-scoped Namespace paths (`/api/v1/namespaces[/NAME]`), which
+    kopf lists and watches when it serves named namespaces; everything else is kmock's own parse."""
+    parts = [part for part in path.split("?", 1)[0].split("/") if part]
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _kmock_parse_path(path)
+
+
+_kmock_parse_path = parsing.parse_path
+parsing.parse_path = _parse_path
 
 
 @attrs.frozen

@@ -808,6 +808,7 @@ NAMESPACE_RULES = {
 }
 PEERING = {("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")}
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("list", "watch", "patch")}
+NAMESPACES = {("", "namespaces", "list"), ("", "namespaces", "watch")}  # kopf serving named namespaces
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
 WEBHOOK_CONFIGURATION = {("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", None, FULLNAME),
@@ -833,7 +834,7 @@ def test_rbac_namespaced_mode() -> None:
     values = COMBINATIONS["namespaced"]
     rules = rendered_rules(values)
     assert rules == (scoped(NAMESPACE_RULES | PEERING, "ml") | scoped(NAMESPACE_RULES | PEERING, "research")
-                     | scoped(CRDS, None) | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
+                     | scoped(CRDS | NAMESPACES, None) | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
     cluster_wide = {r for r in rules if r[3] is None}
     assert not {r for r in cluster_wide if r[1] in ("trainings", "trainings/status", "jobs", "pods", "secrets")}
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects_of(render_chart(values), "Role")}

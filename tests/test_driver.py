@@ -146,8 +146,12 @@ def test_destination_that_refuses_writes(tmp_path: Path) -> None:
 def test_termination_message_fits_and_overflows_to_a_file(tmp_path: Path) -> None:
     small = json.loads(termination_message({"weights": "pvc://c/w.bin"}, None, None))
     assert small == {"status": "succeeded", "output": {"weights": "pvc://c/w.bin"}, "weights": "pvc://c/w.bin"}
+    with_metrics = json.loads(termination_message("pvc://c/w.bin", None, None, {"predict_time": 1.5}))
+    assert with_metrics["metrics"] == {"predict_time": 1.5}
+    crowded = json.loads(termination_message("pvc://c/w.bin", None, None, {f"m{i}": "x" * 100 for i in range(50)}))
+    assert "metrics" not in crowded and crowded["output"] == "pvc://c/w.bin", "metrics give way to the output"
     big_output = {f"file{i}": f"pvc://c/{'x' * 50}{i}.bin" for i in range(200)}
-    text = termination_message(big_output, None, LocalDestination(tmp_path, "pvc://c/p"))
+    text = termination_message(big_output, None, LocalDestination(tmp_path, "pvc://c/p"), {"predict_time": 1.5})
     assert len(text.encode()) <= 4096
     assert json.loads(text)["output"] == {"$ref": "pvc://c/p/output.json"}
     assert json.loads((tmp_path / "output.json").read_text()) == big_output
@@ -205,6 +209,8 @@ def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
         server.stop()
     assert process.returncode == 0, err
     report = json.loads((tmp_path / "termination-log").read_text())
+    metrics = report.pop("metrics")
+    assert metrics["predict_time"] > 0, "the model server's metrics are collected and reported"
     assert report == {"status": "succeeded", "output": "pvc://weights/team/ml/tok/weights.bin",
                       "weights": "pvc://weights/team/ml/tok/weights.bin"}
     assert (tmp_path / "mnt" / "team" / "ml" / "tok" / "weights.bin").read_text().startswith("9 0.0001")

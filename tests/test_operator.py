@@ -71,7 +71,8 @@ def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Reg
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(job, version, strict=True)
 
-    report = {"status": "succeeded", "output": {"weights": "s3://bucket/trainings/ns/tok/weights.bin"}}
+    report = {"status": "succeeded", "output": {"weights": "s3://bucket/trainings/ns/tok/weights.bin"},
+              "metrics": {"predict_time": 1801.5}}
     job_pod = cluster.start_pod(job)
     cluster.run_pod(job_pod)
     running_status = cluster.wait_phase("tok", "Running")
@@ -81,6 +82,7 @@ def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Reg
     final = cluster.wait_phase("tok", "Succeeded")
     assert final["output"] == report["output"]
     assert final["weights"] == "s3://bucket/trainings/ns/tok/weights.bin"
+    assert final["metrics"] == {"predict_time": 1801.5}, "the model server's metrics, as the driver reported them"
     assert final["completionTime"].startswith("2026-11-27T10:30:01")
     conditions = {c["type"]: c for c in final["conditions"]}
     assert {k: c["status"] for k, c in conditions.items()} == {

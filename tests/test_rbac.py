@@ -31,7 +31,7 @@ from cogtrain.webhook import WebhookConfig
 from conftest import Registries
 from k8s_server import KubeAPI, start_kube_api
 from test_admission import Webhook, training
-from test_chart import FULLNAME, NAMESPACE, rendered_rules
+from test_chart import COMBINATIONS, FULLNAME, NAMESPACE, rendered_rules
 from test_operator import spec, succeed
 
 RELEASE_NAMESPACE = NAMESPACE  # the chart's release namespace in test_chart
@@ -46,13 +46,38 @@ def _operator_client(kube: KubeAPI) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+MODES = {"cluster-wide": {}, "namespaced": COMBINATIONS["namespaced"]}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> tuple[dict[str, Any], set[Call]]:
+    """The chart's values of one mode, and the calls the operator made when run the way they configure it."""
+    values = MODES[request.param]
+    return values, request.getfixturevalue("_calls_" + request.param.replace("-", "_"))
+
+
 @pytest.fixture(scope="module")
-def calls(tmp_path_factory: pytest.TempPathFactory, registries: Registries) -> Iterator[set[Call]]:
+def _calls_cluster_wide(tmp_path_factory: pytest.TempPathFactory, registries: Registries) -> Iterator[set[Call]]:
+    yield from _record(tmp_path_factory, registries, None)
+
+
+@pytest.fixture(scope="module")
+def _calls_namespaced(tmp_path_factory: pytest.TempPathFactory, registries: Registries) -> Iterator[set[Call]]:
+    yield from _record(tmp_path_factory, registries, list(MODES["namespaced"]["watchNamespaces"]))
+
+
+def _record(tmp_path_factory: pytest.TempPathFactory, registries: Registries,
+            namespaces: list[str] | None) -> Iterator[set[Call]]:
     kopf_crds = [yaml.safe_load(path.read_text()) for path in sorted(CHART_CRDS.glob("kopf.dev_*.yaml"))]
     kube = start_kube_api(tmp_path_factory.mktemp("rbac"), [training_crd(), *kopf_crds])
     try:
-        kube.custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", {
-            "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": FULLNAME}})
+        if namespaces is None:
+            kube.custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", {
+                "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": FULLNAME}})
+        for namespace in namespaces or []:
+            client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": namespace}})
+            kube.custom.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", {
+                "apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": FULLNAME}})
         config = yaml.safe_load(kube.kubeconfig.read_text())
         config["users"][0]["user"]["token"] = TOKEN  # kopf logs in with the operator's token too
         kube.kubeconfig.write_text(yaml.safe_dump(config))
@@ -71,8 +96,8 @@ def calls(tmp_path_factory: pytest.TempPathFactory, registries: Registries) -> I
             return Runtime(settings=Settings(default_destination="s3://w/"), api_client=_operator_client(kube),
                            resolver=SchemaResolver(RegistryClient(timeout=5)), webhook_config=webhook)
 
-        cluster = Cluster(kube, f"ns-{uuid.uuid4().hex[:6]}")
-        operator = RunningOperator(kube, runtime(), peering=FULLNAME).start()  # makes the TLS Secret
+        cluster = Cluster(kube, namespaces[0] if namespaces else f"ns-{uuid.uuid4().hex[:6]}")
+        operator = RunningOperator(kube, runtime(), FULLNAME, namespaces).start()  # makes the TLS Secret
         try:
             _exercise(kube, cluster, registries, webhook)
             cluster.create_training("long", spec(registries))
@@ -87,7 +112,7 @@ def calls(tmp_path_factory: pytest.TempPathFactory, registries: Registries) -> I
         client.CoreV1Api(kube.api_client).patch_namespaced_secret(f"{FULLNAME}-webhook-tls", RELEASE_NAMESPACE, {
             "data": {"ca.crt": base64.b64encode(old.ca).decode(), "tls.crt": base64.b64encode(old.cert).decode(),
                      "tls.key": base64.b64encode(old.key).decode()}})
-        operator = RunningOperator(kube, runtime(), peering=FULLNAME).start()
+        operator = RunningOperator(kube, runtime(), FULLNAME, namespaces).start()
         try:
             cluster.wait_phase("long", "Running")
             renewed = client.CoreV1Api(kube.api_client).read_namespaced_secret(f"{FULLNAME}-webhook-tls",
@@ -143,19 +168,25 @@ def _covered(call: Call, rules: set[tuple[Any, ...]]) -> bool:
                and r[4] in (None, name) for r in rules)
 
 
-def test_the_chart_grants_every_call_the_operator_makes(calls: set[Call]) -> None:
-    rules = rendered_rules({})
+def test_the_chart_grants_every_call_the_operator_makes(mode: tuple[dict[str, Any], set[Call]]) -> None:
+    values, calls = mode
+    rules = rendered_rules(values)
     missing = sorted(call for call in calls if not _covered(call, rules))
     assert not missing, f"calls the chart's RBAC does not allow: {missing}"
 
 
-def test_the_chart_grants_nothing_the_operator_does_not_use(calls: set[Call]) -> None:
-    rules = rendered_rules({})
-    unused = sorted(rule for rule in rules if not any(_covered(call, {rule}) for call in calls))
+def test_the_chart_grants_nothing_the_operator_does_not_use(mode: tuple[dict[str, Any], set[Call]]) -> None:
+    values, calls = mode
+    rules = rendered_rules(values)
+    # Every watched namespace gets the same Role; the Trainings of this run live in the first one.
+    watched = values.get("watchNamespaces") or []
+    used = {(g, r, v, watched[0] if ns in watched else ns, name) for g, r, v, ns, name in rules}
+    unused = sorted(rule for rule in used if not any(_covered(call, {rule}) for call in calls))
     assert not unused, f"rules no call needs: {unused}"
 
 
-def test_a_record_of_calls_was_taken(calls: set[Call]) -> None:
+def test_a_record_of_calls_was_taken(mode: tuple[dict[str, Any], set[Call]]) -> None:
+    _, calls = mode
     kinds = {(group, resource, verb) for group, resource, verb, _, _ in calls}
     assert ("batch", "jobs", "create") in kinds and ("cog.run", "trainings", "watch") in kinds
     assert ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", None, FULLNAME) in calls

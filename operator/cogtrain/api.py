@@ -291,6 +291,11 @@ class TrainingStatus(_Model):
         default=None,
         description="URI of the trained weights: the output file, or the output's `weights` field.",
     )
+    metrics: dict[str, FreeForm] | None = Field(
+        default=None,
+        max_length=64,
+        description="Metrics the model server reported for the training (e.g. predict_time in seconds).",
+    )
     error: str | None = Field(default=None, description="Why the training failed, in one sentence.")
     kopf: FreeForm = Field(default=None, description="Bookkeeping of the operator framework (kopf).")
 

@@ -217,13 +217,14 @@ def cmd_drive(args: argparse.Namespace) -> int:
     """The driver container of a training Pod (docs/driver.md): its exit code and termination message."""
     import signal
 
-    from .destinations import DriverError, destination_for
+    from .destinations import Destination, DriverError, destination_for
     from .driver import Driver, inputs_from_env, termination_message
 
-    destination = None
+    destination: Destination | None = None
+    driver: Driver | None = None
     try:
         destination = destination_for(args.destination, args.destination_root, args.namespace, args.name)
-        driver = Driver(
+        driver = running = Driver(
             model_url=args.model_url,
             training_id=args.training_id,
             inputs=inputs_from_env(dict(os.environ)),
@@ -233,11 +234,11 @@ def cmd_drive(args: argparse.Namespace) -> int:
             setup_timeout=args.setup_timeout,
             cancel_grace=args.cancel_grace,
         )
-        signal.signal(signal.SIGTERM, lambda *_: driver.cancel_requested.set())
-        output, error = driver.run(), None
+        signal.signal(signal.SIGTERM, lambda *_: running.cancel_requested.set())
+        output, error = running.run(), None
     except DriverError as failure:
         output, error = None, failure
-    message = termination_message(output, error, destination)
+    message = termination_message(output, error, destination, driver.metrics if driver else None)
     try:
         Path(args.termination_log).write_text(message, encoding="utf-8")
     except OSError as failure:

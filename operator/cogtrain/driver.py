@@ -197,6 +197,7 @@ class Driver:
     notices: TextIO = sys.stderr  # the driver's messages about it
     progress: Callable[[float, str], None] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    metrics: dict[str, Any] = field(default_factory=dict)  # what the model server reported, after run()
 
     def run(self) -> Any:
         """The output with every file replaced by its stored URI, or DriverError."""
@@ -210,6 +211,7 @@ class Driver:
                 if self.cancel_requested.is_set():
                     self._cancel(receiver)
             state = receiver.state
+            self.metrics = dict(state.metrics)
             if state.status == "canceled" or self.cancel_requested.is_set():
                 raise DriverError("Canceled", "the training was canceled", ExitCode.CANCELED)
             if state.status == "failed":
@@ -335,8 +337,14 @@ def decode_data_url(url: str, path: Path) -> None:
             out.write(urllib.parse.unquote_to_bytes(payload))
 
 
-def termination_message(output: Any, error: DriverError | None, destination: Destination | None) -> str:
-    """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit."""
+def termination_message(
+    output: Any, error: DriverError | None, destination: Destination | None, metrics: dict[str, Any] | None = None
+) -> str:
+    """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit.
+
+    Too long with the model's metrics: they are left out; still too long: the output is stored as
+    output.json at the destination and referenced.
+    """
     if error is not None:
         message = {"status": "failed", "reason": error.reason, "message": error.message[:3500]}
         return json.dumps(message)
@@ -344,6 +352,8 @@ def termination_message(output: Any, error: DriverError | None, destination: Des
     weights = weights_of(output)
     if weights:
         report["weights"] = weights
+    if metrics and len(json.dumps({**report, "metrics": metrics}).encode()) <= TERMINATION_LIMIT:
+        report["metrics"] = metrics
     text = json.dumps(report)
     if len(text.encode()) > TERMINATION_LIMIT and destination is not None:
         with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:

@@ -155,6 +155,8 @@ def run_training(model_dir: Path, inputs: dict[str, Any], out: Path, log: TextIO
     previous = signal.signal(signal.SIGINT, lambda *_: driver.cancel_requested.set())
     try:
         output = driver.run()
+        if driver.metrics:
+            err.write(f"metrics: {json.dumps(driver.metrics)}\n")
         return _place(output, staging / "files", out)
     except DriverError:
         _tail(staging / "server.log", err)

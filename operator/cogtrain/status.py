@@ -32,6 +32,7 @@ class DriverReport(BaseModel):
     status: str
     output: Any = None
     weights: str | None = None
+    metrics: dict[str, Any] | None = None
     reason: str | None = None
     message: str | None = None
 
@@ -55,6 +56,7 @@ class Observation:
     completion_time: str | None = None
     output: Any = None
     weights: str | None = None
+    metrics: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_time", _time(self.start_time))
@@ -159,7 +161,7 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
             return Observation(Phase.FAILED, "DriverResultMissing",
                                "the Job completed but the driver reported no result", start, finished)
         return Observation(Phase.SUCCEEDED, "Succeeded", "the training succeeded", start, finished,
-                           report.output, report.weights or weights_of(report.output))
+                           report.output, report.weights or weights_of(report.output), report.metrics)
     if failed := is_true("Failed") or is_true("FailureTarget"):
         finished = failed.get("lastTransitionTime")
         reason = failed.get("reason") or "Failed"
@@ -308,6 +310,8 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
         fields["output"] = observation.output
         if observation.weights:
             fields["weights"] = observation.weights
+        if observation.metrics:
+            fields["metrics"] = observation.metrics
     # Finished: stamped with the Job's own finishing time, so two writers observing the same end
     # write the same status.
     stamp = (observation.completion_time or _stamp(now)) if new in TERMINAL else now

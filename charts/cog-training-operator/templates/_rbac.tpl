@@ -50,6 +50,12 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if not (include "cogtrain.clusterwide" .) }}
+# kopf lists and watches Namespaces to serve the named ones (and notice them when created later).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- if include "cogtrain.clusterwide" . }}
 # kopf's peering between instances watching the whole cluster.
 - apiGroups: ["kopf.dev"]
