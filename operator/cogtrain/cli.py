@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,30 +152,50 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Train a Cog model folder locally and write its output to -o (default ./weights)."""
-    from .destinations import DriverError
-    from .local import LocalRunError, parse_inputs, run_training
+def _local_inputs(schema: TrainingSchema, pairs: list[str]) -> dict[str, Any] | None:
+    """`-i` pairs parsed like Cog's CLI and validated; None (problems printed) when invalid."""
+    from .local import LocalRunError, parse_inputs
 
-    model_dir = args.model_dir
-    schema = load_schema(model_dir)
     try:
-        values = parse_inputs(schema, args.input)
+        values = parse_inputs(schema, pairs)
     except LocalRunError as error:
         raise UsageError(str(error)) from None
     result = validate_input(schema, values, [])
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if not result.ok:
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_PROBLEMS
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    return result.input if result.ok else None
+
+
+def _run_locally(command: str, work: Callable[[], Any]) -> Any:
+    """Run `work`, turning a model folder's problems into usage errors and a failure into one line."""
+    from .destinations import DriverError
+    from .local import LocalRunError
+
     try:
-        output = run_training(model_dir, result.input, args.output, setup_timeout=args.setup_timeout)
+        return work()
     except LocalRunError as error:
         raise UsageError(str(error)) from None
     except DriverError as error:
-        print(f"cogtrain run: {error.reason}: {error.message}", file=sys.stderr)
+        print(f"cogtrain {command}: {error.reason}: {error.message}", file=sys.stderr)
+        return _FAILED
+
+
+_FAILED = object()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train a Cog model folder locally and write its output to -o (default ./weights)."""
+    from .local import run_training
+
+    inputs = _local_inputs(load_schema(args.model_dir), args.input)
+    if inputs is None:
+        return EXIT_PROBLEMS
+    output = _run_locally(
+        "run", lambda: run_training(args.model_dir, inputs, args.output, setup_timeout=args.setup_timeout)
+    )
+    if output is _FAILED:
         return EXIT_PROBLEMS
     print(json.dumps(output, indent=2, ensure_ascii=False), file=sys.stderr)
     print(f"weights written to {args.output}", file=sys.stderr)
@@ -184,30 +204,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict with a Cog model folder locally, loading --weights through COG_WEIGHTS."""
-    from .destinations import DriverError
-    from .local import LocalRunError, parse_inputs, predict_schema, run_prediction
+    from .local import LocalRunError, predict_schema, run_prediction
 
     try:
         schema = predict_schema(dict(load_schema(args.model_dir).document))
-        values = parse_inputs(schema, args.input)
     except LocalRunError as error:
         raise UsageError(f"{args.model_dir}: {error}") from None
     if args.weights is not None and not args.weights.exists():
         raise UsageError(f"--weights {args.weights}: no such file")
-    result = validate_input(schema, values, [])
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if not result.ok:
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
+    inputs = _local_inputs(schema, args.input)
+    if inputs is None:
         return EXIT_PROBLEMS
-    try:
-        output = run_prediction(args.model_dir, result.input, args.weights, args.output,
-                                setup_timeout=args.setup_timeout)
-    except LocalRunError as error:
-        raise UsageError(str(error)) from None
-    except DriverError as error:
-        print(f"cogtrain predict: {error.reason}: {error.message}", file=sys.stderr)
+    output = _run_locally("predict", lambda: run_prediction(
+        args.model_dir, inputs, args.weights, args.output, setup_timeout=args.setup_timeout))
+    if output is _FAILED:
         return EXIT_PROBLEMS
     print(output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -345,6 +355,18 @@ def _registry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the registry (default 30)")
 
 
+def _model_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `predict` share: the model folder, its -i inputs and the setup timeout."""
+    parser.add_argument(
+        "model_dir", type=Path, metavar="MODEL_DIR", help="a Cog model folder with .cog/openapi_schema.json"
+    )
+    parser.add_argument(
+        "-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+        help="an input (repeatable); NAME=@FILE passes a local file",
+    )
+    parser.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cogtrain",
@@ -404,17 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and write the output to ./weights (or -o). Needs the `cog` package (the `local` extra)."
         ),
     )
-    run.add_argument(
-        "model_dir", type=Path, metavar="MODEL_DIR", help="a Cog model folder with .cog/openapi_schema.json"
-    )
-    run.add_argument(
-        "-i",
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an input (repeatable); NAME=@FILE passes a local file",
-    )
+    _model_folder_arguments(run)
     run.add_argument(
         "-o",
         "--output",
@@ -422,7 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("weights"),
         help="where the output goes: a file for one output file, a folder for several (default ./weights)",
     )
-    run.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
     run.set_defaults(handler=cmd_run)
 
     predict = commands.add_parser(
@@ -433,16 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and print its output (a file output is written to -o). Needs the `cog` package (the `local` extra)."
         ),
     )
-    predict.add_argument(
-        "model_dir", type=Path, metavar="MODEL_DIR", help="a Cog model folder with .cog/openapi_schema.json"
-    )
-    predict.add_argument(
-        "-i", "--input", action="append", default=[], metavar="NAME=VALUE",
-        help="an input (repeatable); NAME=@FILE passes a local file",
-    )
+    _model_folder_arguments(predict)
     predict.add_argument("--weights", type=Path, help="the weights of a training (e.g. ./weights from `cogtrain run`)")
     predict.add_argument("-o", "--output", type=Path, default=Path("output"), help="where a file output goes")
-    predict.add_argument("--setup-timeout", type=float, default=600.0, help="seconds to wait for the model's setup")
     predict.set_defaults(handler=cmd_predict)
 
     drive = commands.add_parser(

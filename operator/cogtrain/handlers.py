@@ -485,8 +485,8 @@ def admit(
 
 
 @kopf.on.event(*TRAININGS)
-def track(body: kopf.Body, type: str | None, uid: str | None, **_: Any) -> None:  # noqa: A002  (kopf's name)
-    """Trainings by phase, and their transitions, for the metrics endpoint."""
+async def track(body: kopf.Body, type: str | None, uid: str | None, **_: Any) -> None:  # noqa: A002  (kopf's name)
+    """Trainings by phase, and their transitions, for the metrics endpoint (async: too small for a thread)."""
     if uid is None:
         return
     if type == "DELETED":
