@@ -316,6 +316,29 @@ def test_restart_mid_run_adopts_the_job_and_finishes(kube: KubeAPI, runtime: Run
         third.stop()
 
 
+def test_status_is_computed_from_children_read_after_the_training(kube: KubeAPI, operator: RunningOperator,
+                                                                  cluster: Cluster, registries: Registries) -> None:
+    """A view of the Pods taken before the Training was read could predate a status another writer
+    based on newer Pods; the conditional write would then accept the older view (seen as a flaky
+    ImagePullBackOff turning back into "starting")."""
+    from cogtrain.handlers import sync_status
+
+    cluster.create_training("order", spec(registries))
+    job = cluster.job("order")
+    cluster.wait_phase("order", "Pending")
+    marks: list[int] = []
+
+    def children() -> tuple[list[Any], list[Any]]:
+        marks.append(len(kube.emulator.verbs))
+        return [job], []
+
+    start = len(kube.emulator.verbs)
+    sync_status(operator.runtime, cluster.namespace, "order", children)
+    assert marks, "the children were read"
+    before = [(g, r, v, ns, n) for g, r, _s, v, ns, n, _u in kube.emulator.verbs[start:marks[0]]]
+    assert ("cog.run", "trainings", "get", cluster.namespace, "order") in before, "the Training is read first"
+
+
 def test_lost_status_write_adopts_the_job(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
                                           registries: Registries) -> None:
     """The Job was created but writing the status failed (as if killed between the two): no second Job."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -212,14 +212,14 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         _fail(runtime, body, patch, "InvalidSpec", problems)
         return
-    namespace, name = training.metadata.namespace or "default", training.metadata.name or ""
+    namespace = training.metadata.namespace or "default"
     if training.spec.cancel:
         _cancel(runtime, body, patch)
         return
 
     existing = _read_job(runtime, namespace, job_name(training))
     if existing is not None and _owned_by(existing, training.metadata.uid):
-        _adopt(runtime, body, training, existing, _read_pods(runtime, namespace, name))
+        _adopt(runtime, body, training, existing)
         return
 
     spec = training.spec
@@ -306,9 +306,7 @@ def _record_job(runtime: Runtime, training: api.Training, fields: dict[str, Any]
     runtime.custom.patch_namespaced_custom_object_status(
         *TRAININGS[:2], namespace, TRAININGS[2], name, {"status": fields}, _request_timeout=runtime.request_timeout
     )
-    job = _read_job(runtime, namespace, fields["jobName"])
-    if job is not None:
-        sync_status(runtime, namespace, name, [job], _read_pods(runtime, namespace, name))
+    sync_status(runtime, namespace, name, _reader(runtime, namespace, name, fields["jobName"]))
 
 
 def _adopt(
@@ -316,7 +314,6 @@ def _adopt(
     body: kopf.Body,
     training: api.Training,
     job: Mapping[str, Any],
-    pods: Iterable[Mapping[str, Any]],
 ) -> None:
     """After a restart or a lost write: the Job exists, so bring the status up to what it shows.
 
@@ -325,7 +322,8 @@ def _adopt(
     """
     namespace = training.metadata.namespace or "default"
     if (body.get("status") or {}).get("jobName"):
-        sync_status(runtime, namespace, training.metadata.name, [job], pods)
+        name = training.metadata.name or ""
+        sync_status(runtime, namespace, name, _reader(runtime, namespace, name, job["metadata"]["name"]))
         return
     fields = _status_patch(
         runtime,
@@ -388,21 +386,19 @@ def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
 # --- following the Job and its Pods -----------------------------------------------------------
 
 
-def sync_status(
-    runtime: Runtime,
-    namespace: str,
-    training_name: str | None,
-    jobs: Iterable[Mapping[str, Any]],
-    pods: Iterable[Mapping[str, Any]],
-) -> None:
+Children = Callable[[], tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]]
+
+
+def sync_status(runtime: Runtime, namespace: str, training_name: str | None, children: Children) -> None:
     """Recompute one Training's status from its Job and Pods and write it if it changed.
 
-    The write is conditional on the resourceVersion read, so two events handled at once can
-    never write an older view over a newer one; on a conflict the status is recomputed.
+    `children()` gives the Jobs and Pods, and is called after each read of the Training: a view of
+    them taken before that read could be older than a status another writer already based on a
+    newer one. The write is conditional on the resourceVersion read, so two writers at once can
+    never put an older view over a newer one; on a conflict everything is read again.
     """
     if not training_name:
         return
-    jobs, pods = list(jobs), list(pods)
     for _ in range(5):
         try:
             training: dict[str, Any] = cast(
@@ -417,6 +413,7 @@ def sync_status(
             raise
         meta = training["metadata"]
         status = training.get("status") or {}
+        jobs, pods = children()
         job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
         if job is None or not status.get("jobName"):
             return  # not created by this Training yet, or deleted (cancel, TTL): the status stays as it is
@@ -437,11 +434,21 @@ def sync_status(
         return
 
 
+def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:
+    """Fresh reads of a Training's Job and Pods from the API."""
+
+    def read() -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        found = _read_job(runtime, namespace, job)
+        return ([found] if found is not None else []), list(_read_pods(runtime, namespace, name))
+
+    return read
+
+
 def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any]) -> None:
     key = (namespace, labels.get(LABEL_TRAINING))
     jobs: kopf.Index[Any, Any] = indexes["training_jobs"]
     pods: kopf.Index[Any, Any] = indexes["training_pods"]
-    sync_status(_runtime(memo), str(namespace), key[1], jobs.get(key, []), pods.get(key, []))
+    sync_status(_runtime(memo), str(namespace), key[1], lambda: (list(jobs.get(key, [])), list(pods.get(key, []))))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
