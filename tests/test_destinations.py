@@ -15,19 +15,14 @@ from cogserver import prepare_model, start_cog_server
 from cogtrain.destinations import DriverError, LocalDestination, S3Destination, destination_for
 from cogtrain.driver import Driver
 from s3_server import BUCKET, S3Server
-from test_driver import DRIVER_MODELS, _drive
+from test_driver import DRIVER_MODELS, drive_to_end, expect_failure
 
 
 def test_drive_command_stores_in_s3_with_checksums(tmp_path: Path, s3: S3Server) -> None:
     secret = s3.writer["AWS_SECRET_ACCESS_KEY"]
-    server, process = _drive(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": "5", **s3.env()},
-                             [f"--destination=s3://{BUCKET}/runs/"])
-    try:
-        out, err = process.communicate(timeout=90)
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    assert process.returncode == 0, err
+    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": "5", **s3.env()},
+                                  [f"--destination=s3://{BUCKET}/runs/"])
+    assert code == 0, err
     report = json.loads((tmp_path / "termination-log").read_text())
     prefix = f"s3://{BUCKET}/runs/ml/tok"
     assert sorted(report["output"]) == [f"{prefix}/config.json", f"{prefix}/weights.bin"]
@@ -100,18 +95,13 @@ def test_an_unwritable_destination_fails_before_the_training_starts(tmp_path: Pa
     """No GPU time is spent on a training whose weights could not be stored."""
     server = start_cog_server(prepare_model(DRIVER_MODELS / "chatty", tmp_path / "m"))
     log = io.StringIO()
-    try:
-        driver = Driver(model_url=server.url, training_id="t1", inputs={"lines": 10**9}, log=log,
-                        destination=destination_for(f"s3://{BUCKET}/x", tmp_path, "ml", "tok", s3.env("reader")),
-                        scratch=tmp_path / "scratch")
-        started = time.monotonic()
-        with pytest.raises(DriverError) as caught:
-            driver.run()
-        assert time.monotonic() - started < 15
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    assert caught.value.reason == "DestinationUnwritable" and "AccessDenied" in caught.value.message
+    driver = Driver(model_url=server.url, training_id="t1", inputs={"lines": 10**9}, log=log,
+                    destination=destination_for(f"s3://{BUCKET}/x", tmp_path, "ml", "tok", s3.env("reader")),
+                    scratch=tmp_path / "scratch")
+    started = time.monotonic()
+    error = expect_failure(server, driver)
+    assert time.monotonic() - started < 15
+    assert error.reason == "DestinationUnwritable" and "AccessDenied" in error.message
     assert "step 0" not in log.getvalue(), "the training was never submitted"
     assert server.process.returncode is not None, "the model server was told to shut down"
 

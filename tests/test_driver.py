@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cogserver import prepare_model, start_cog_server
+from cogserver import CogServer, prepare_model, start_cog_server
 from cogtrain.cli import main
 from cogtrain.destinations import DriverError, LocalDestination, safe_name
 from cogtrain.driver import Driver, Receiver, termination_message
@@ -19,6 +19,17 @@ from cogtrain.schema import parse_schema
 from conftest import EXAMPLES, FIXTURE_MODELS, load_schema_document
 
 DRIVER_MODELS = Path(__file__).resolve().parent / "driver-models"
+
+
+def expect_failure(server: CogServer, driver: Driver) -> DriverError:
+    """Run a training that must fail; the model server must have been told to shut down."""
+    try:
+        with pytest.raises(DriverError) as caught:
+            driver.run()
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    return caught.value
 
 
 def test_bare_path_output(tmp_path: Path) -> None:
@@ -69,17 +80,12 @@ def test_training_that_raises(tmp_path: Path) -> None:
 def test_input_rejected_422(tmp_path: Path) -> None:
     model = prepare_model(FIXTURE_MODELS / "all-inputs", tmp_path / "m")
     server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
-    try:
-        driver = Driver(model_url=server.url, training_id="t-422", inputs={"train_data": "x", "steps": "five"},
-                        destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s",
-                        log=io.StringIO())
-        with pytest.raises(DriverError) as caught:
-            driver.run()
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    assert caught.value.reason == "InputRejected" and caught.value.exit_code == 12
-    assert 'input.steps: "five" is not of type "integer"' in caught.value.message
+    driver = Driver(model_url=server.url, training_id="t-422", inputs={"train_data": "x", "steps": "five"},
+                    destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s",
+                    log=io.StringIO())
+    error = expect_failure(server, driver)
+    assert error.reason == "InputRejected" and error.exit_code == 12
+    assert 'input.steps: "five" is not of type "integer"' in error.message
     assert server.process.returncode is not None, "the driver shut the model server down"
 
 
@@ -91,13 +97,8 @@ def test_cancel_mid_training(tmp_path: Path) -> None:
                     destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", log=log,
                     cancel_grace=3)
     threading.Timer(1.5, driver.cancel_requested.set).start()
-    try:
-        with pytest.raises(DriverError) as caught:
-            driver.run()
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    assert caught.value.reason == "Canceled" and caught.value.exit_code == 14
+    error = expect_failure(server, driver)
+    assert error.reason == "Canceled" and error.exit_code == 14
     assert "step 0 loss" in log.getvalue()
 
 
@@ -198,16 +199,23 @@ def _drive(tmp_path: Path, model: Path, env_inputs: dict[str, str], extra_args: 
     return server, process
 
 
-def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
-    server, process = _drive(tmp_path, FIXTURE_MODELS / "all-inputs", {
-        "COGTRAIN_INPUT_train_data": json.dumps(str(tmp_path)), "COGTRAIN_INPUT_caption_prefix": '"tok"',
-        "COGTRAIN_INPUT_steps": "9", "COGTRAIN_SECRET_INPUT_hf_token": "not-json secret"})
+def drive_to_end(tmp_path: Path, model: Path, env_inputs: dict[str, str],
+                 extra_args: list[str] | None = None) -> tuple[int, str, str]:
+    """`cogtrain drive` through a whole training: its exit code, stdout and stderr."""
+    server, process = _drive(tmp_path, model, env_inputs, extra_args)
     try:
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=90)
         server.process.wait(timeout=20)
     finally:
         server.stop()
-    assert process.returncode == 0, err
+    return process.returncode, out, err
+
+
+def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
+    code, out, err = drive_to_end(tmp_path, FIXTURE_MODELS / "all-inputs", {
+        "COGTRAIN_INPUT_train_data": json.dumps(str(tmp_path)), "COGTRAIN_INPUT_caption_prefix": '"tok"',
+        "COGTRAIN_INPUT_steps": "9", "COGTRAIN_SECRET_INPUT_hf_token": "not-json secret"})
+    assert code == 0, err
     report = json.loads((tmp_path / "termination-log").read_text())
     metrics = report.pop("metrics")
     assert metrics["predict_time"] > 0, "the model server's metrics are collected and reported"
@@ -265,16 +273,12 @@ def test_inputs_from_env() -> None:
 def test_setup_failure_is_final_and_reported_with_the_setup_logs(tmp_path: Path) -> None:
     server = start_cog_server(prepare_model(DRIVER_MODELS / "setup-fails", tmp_path / "m"), wait_ready=False)
     log = io.StringIO()
-    try:
-        with pytest.raises(DriverError) as caught:
-            Driver(model_url=server.url, training_id="t1", inputs={}, log=log,
-                   destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s").run()
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    assert (caught.value.reason, caught.value.exit_code) == ("SetupFailed", 11)
-    assert caught.value.message.startswith("the model's setup failed: ")
-    assert "FileNotFoundError: /weights/base.safetensors: no such file" in caught.value.message
+    error = expect_failure(server, Driver(model_url=server.url, training_id="t1", inputs={}, log=log,
+                                          destination=LocalDestination(tmp_path / "dest", "pvc://c/p"),
+                                          scratch=tmp_path / "s"))
+    assert (error.reason, error.exit_code) == ("SetupFailed", 11)
+    assert error.message.startswith("the model's setup failed: ")
+    assert "FileNotFoundError: /weights/base.safetensors: no such file" in error.message
     assert "/weights/base.safetensors" in log.getvalue(), "the setup logs go to the driver's output"
     assert server.process.returncode is not None, "the model server was told to shut down"
     assert list((tmp_path / "dest").iterdir()) == [], "nothing stored"

@@ -19,7 +19,7 @@ import pydantic
 from . import api
 from .registry import RegistryError
 from .resolver import ResolvedModel
-from .validation import validate_input
+from .validation import model_problems, validate_input
 
 FailurePolicy = Literal["Ignore", "Fail"]
 
@@ -41,14 +41,6 @@ def _name(body: Mapping[str, Any]) -> str:
     return f"Training {meta.get('namespace') or ''}/{meta.get('name') or meta.get('generateName') or ''}".rstrip("/")
 
 
-def _spec_problems(error: pydantic.ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
-        problems.append(f"{location}: {item['msg']}")
-    return problems
-
-
 def review_create(
     body: Mapping[str, Any],
     resolve: Callable[[str], ResolvedModel],
@@ -62,7 +54,7 @@ def review_create(
     try:
         training = api.Training.model_validate(dict(body))
     except pydantic.ValidationError as error:
-        return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(_spec_problems(error)))
+        return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(map(str, model_problems(error))))
     spec = training.spec
     problems: list[str] = []
     if not (spec.destination or default_destination):
@@ -77,7 +69,6 @@ def review_create(
         reason = str(error) if isinstance(error, RegistryError) else f"reading the schema of {spec.model}: {error}"
         if not retryable:
             problems.insert(0, f"spec.model: {reason}")
-            return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(problems))
         if problems:
             return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(problems))
         if failure_policy == "Fail":

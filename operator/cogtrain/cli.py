@@ -26,7 +26,7 @@ from .reference import ReferenceError, parse_reference
 from .registry import RegistryClient, RegistryError, insecure_registries_from_env
 from .resolver import ResolvedModel, SchemaResolver
 from .schema import SchemaError, TrainingSchema, parse_schema_text
-from .validation import Problem, validate_input
+from .validation import Problem, model_problems, validate_input
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -53,14 +53,6 @@ def load_schema(path: Path) -> TrainingSchema:
         raise UsageError(f"{path}: {error}") from None
 
 
-def _pydantic_problems(error: pydantic.ValidationError, prefix: str = "") -> list[Problem]:
-    problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
-        problems.append(Problem(f"{prefix}{location}" or "training", item["msg"]))
-    return problems
-
-
 def load_training(path: Path) -> tuple[api.Training | None, list[Problem]]:
     """The Training in a manifest file (which may hold other objects too) and its structural problems."""
     documents = parse_documents(read_text(path), str(path))
@@ -72,7 +64,7 @@ def load_training(path: Path) -> tuple[api.Training | None, list[Problem]]:
     try:
         return api.Training.model_validate(trainings[0]), []
     except pydantic.ValidationError as error:
-        return None, _pydantic_problems(error)
+        return None, model_problems(error)
 
 
 def _registry_keyring(path: Path | None) -> Keyring:

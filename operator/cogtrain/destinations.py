@@ -7,6 +7,7 @@ give files safe, unique names: a model cannot choose a path outside its destinat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -176,35 +177,34 @@ class S3Destination:
             why = str(cause).replace(self.client.meta.endpoint_url or "", "the endpoint ")
         return _unwritable(self.uri_prefix + "/", why)
 
-    def check(self) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Any failure of the S3 calls inside becomes one DestinationUnwritable sentence."""
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = self._key(".cogtrain-write-check")
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", ChecksumAlgorithm="SHA256")
+            yield
         except (BotoCoreError, ClientError, Boto3Error) as error:
             raise self._error(error) from None
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (BotoCoreError, ClientError):
-            pass  # write-only credentials are fine
+
+    def check(self) -> None:
+        key = self._key(".cogtrain-write-check")
+        with self._writing():
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", ChecksumAlgorithm="SHA256")
+        with contextlib.suppress(DriverError), self._writing():
+            self.client.delete_object(Bucket=self.bucket, Key=key)  # write-only credentials are fine
 
     def put(self, source: Path, name: str) -> str:
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError
-
         with self._names.lock:
             key = self._key(self._names.take(name))
         digest = _sha256(source)
         size = source.stat().st_size
-        try:
+        with self._writing():
             self.client.upload_file(
                 str(source), self.bucket, key, Config=self.transfer,
                 ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": digest}},
             )
-        except (BotoCoreError, ClientError, Boto3Error) as error:
-            raise self._error(error) from None
         source.unlink(missing_ok=True)
         uri = f"s3://{self.bucket}/{key}"
         self.log.write(f"stored {uri} ({size} bytes, sha256 {digest})\n")

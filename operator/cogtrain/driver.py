@@ -225,41 +225,13 @@ class Driver:
             self._shutdown()
             receiver.stop()
 
-    def _get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.model_url}{path}", timeout=5)
-
     def _wait_ready(self) -> None:
-        started = time.monotonic()
-        answered = False
-        while time.monotonic() - started < self.setup_timeout:
+        def canceled() -> DriverError | None:
             if self.cancel_requested.is_set():
-                raise DriverError("Canceled", "the training was canceled before it started", ExitCode.CANCELED)
-            try:
-                health = self._get("/health-check").json()
-                answered = True
-            except (requests.RequestException, ValueError):
-                health = {}
-            status = health.get("status")
-            if status == "READY":
-                return
-            if status == "SETUP_FAILED":
-                logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
-                self.log.write("\n".join(logs) + "\n")
-                raise DriverError(
-                    "SetupFailed",
-                    "the model's setup failed: " + (logs[-1] if logs else "no logs"),
-                    ExitCode.SETUP_FAILED,
-                )
-            if self.progress is not None:
-                self.progress(time.monotonic() - started, str(status or "starting"))
-            time.sleep(0.2)
-        if not answered:
-            raise DriverError(
-                "ModelUnreachable", f"the model server at {self.model_url} never answered", ExitCode.MODEL_UNREACHABLE
-            )
-        raise DriverError(
-            "SetupFailed", f"the model was not ready within {self.setup_timeout:g} s", ExitCode.SETUP_FAILED
-        )
+                return DriverError("Canceled", "the training was canceled before it started", ExitCode.CANCELED)
+            return None
+
+        wait_ready(self.model_url, self.setup_timeout, self.log, self.progress, canceled)
 
     def _submit(self, receiver_url: str) -> None:
         body: dict[str, Any] = {
@@ -319,6 +291,47 @@ class Driver:
             decode_data_url(output, path)
             return self.destination.put(path, path.name)
         return output
+
+
+def wait_ready(
+    model_url: str,
+    setup_timeout: float,
+    log: TextIO,
+    progress: Callable[[float, str], None] | None = None,
+    stop: Callable[[], DriverError | None] = lambda: None,
+) -> None:
+    """Wait until a Cog server's /health-check says READY; SETUP_FAILED is final, its logs go to `log`.
+
+    `stop()` may end the wait early with its error (a cancel, a server that exited).
+    """
+    started = time.monotonic()
+    answered = False
+    while time.monotonic() - started < setup_timeout:
+        error = stop()
+        if error is not None:
+            raise error
+        try:
+            health = requests.get(f"{model_url}/health-check", timeout=5).json()
+            answered = True
+        except (requests.RequestException, ValueError):
+            health = {}
+        status = health.get("status")
+        if status == "READY":
+            return
+        if status == "SETUP_FAILED":
+            logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
+            log.write("\n".join(logs) + "\n")
+            raise DriverError(
+                "SetupFailed", "the model's setup failed: " + (logs[-1] if logs else "no logs"), ExitCode.SETUP_FAILED
+            )
+        if progress is not None:
+            progress(time.monotonic() - started, str(status or "starting"))
+        time.sleep(0.2)
+    if not answered:
+        raise DriverError(
+            "ModelUnreachable", f"the model server at {model_url} never answered", ExitCode.MODEL_UNREACHABLE
+        )
+    raise DriverError("SetupFailed", f"the model was not ready within {setup_timeout:g} s", ExitCode.SETUP_FAILED)
 
 
 def decode_data_url(url: str, path: Path) -> None:

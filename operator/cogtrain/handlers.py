@@ -30,7 +30,7 @@ from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
 from .settings import Settings
 from .status import TERMINAL, Observation, advance, observe, status_patch
-from .validation import validate_input
+from .validation import model_problems, validate_input
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -67,7 +67,7 @@ class Runtime(ApiClients):
     now: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
     webhook_config: webhook.WebhookConfig | None = None
     metrics_port: int | None = None
-    lookups: webhook.BoundedLookup | None = None
+    lookups: webhook.BoundedLookup = field(init=False)  # the webhook's schema lookups, bounded in time
 
     @classmethod
     def create(cls, settings: Settings, api_client: client.ApiClient, **options: Any) -> Runtime:
@@ -209,8 +209,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     try:
         training = api.Training.model_validate(dict(body))
     except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        _fail(runtime, body, patch, "InvalidSpec", problems)
+        _fail(runtime, body, patch, "InvalidSpec", "; ".join(map(str, model_problems(error))))
         return
     namespace = training.metadata.namespace or "default"
     if training.spec.cancel:
@@ -477,7 +476,6 @@ def admit(
     else:
         spec = body.get("spec") or {}
         secrets = tuple(str(s.get("name")) for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict))
-        assert runtime.lookups is not None
         resolve = runtime.lookups.for_training(
             body.get("metadata", {}).get("namespace") or "default", secrets,
             spec.get("serviceAccountName") or "default",

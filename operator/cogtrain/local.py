@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +22,7 @@ from typing import Any, TextIO
 import yaml
 
 from .destinations import DriverError, LocalDestination
-from .driver import Driver, decode_data_url
+from .driver import Driver, decode_data_url, wait_ready
 from .jobs import ExitCode
 from .schema import InputSpec, TrainingSchema, parse_schema
 
@@ -32,7 +31,8 @@ class LocalRunError(Exception):
     """A model folder or -i argument that cannot be used (exit 2)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (for a model server and the driver's receiver)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -143,7 +143,7 @@ def run_training(model_dir: Path, inputs: dict[str, Any], out: Path, log: TextIO
                  err: TextIO = sys.stderr, setup_timeout: float = 600) -> Any:
     """Train and store the output at `out` (one file: that path; several: a folder). Returns the output."""
     config = _model_config(model_dir, "train")
-    port, listen_port = _free_port(), _free_port()
+    port, listen_port = free_port(), free_port()
     staging = Path(tempfile.mkdtemp(prefix=".cogtrain-", dir=out.parent if out.parent.exists() else None))
     server = _start_server(model_dir, "train", str(config["train"]), port, staging / "server.log",
                            ["--await-explicit-shutdown", "true",
@@ -186,26 +186,19 @@ def run_prediction(model_dir: Path, inputs: dict[str, Any], weights: Path | None
     import requests
 
     config = _model_config(model_dir, "predict")
-    port = _free_port()
+    port = free_port()
     staging = Path(tempfile.mkdtemp(prefix=".cogtrain-"))
     env = {"COG_WEIGHTS": str(weights.resolve())} if weights is not None else {}
     server = _start_server(model_dir, "predict", str(config["predict"]), port, staging / "server.log", [], env)
     url = f"http://127.0.0.1:{port}"
-    report = _progress(err)
+
+    def exited() -> DriverError | None:
+        if server.poll() is None:
+            return None
+        return DriverError("SetupFailed", "the model server exited during setup", ExitCode.SETUP_FAILED)
+
     try:
-        started = time.monotonic()
-        while True:
-            try:
-                status = requests.get(f"{url}/health-check", timeout=5).json().get("status")
-            except (requests.RequestException, ValueError):
-                status = None
-            if status == "READY":
-                break
-            if status == "SETUP_FAILED" or server.poll() is not None or time.monotonic() - started > setup_timeout:
-                _tail(staging / "server.log", err)
-                raise DriverError("SetupFailed", "the model's setup failed", ExitCode.SETUP_FAILED)
-            report(time.monotonic() - started, str(status or "starting"))
-            time.sleep(0.2)
+        wait_ready(url, setup_timeout, err, _progress(err), exited)
         answer = requests.post(f"{url}/predictions", json={"input": inputs}, timeout=None)
         body = answer.json()
         if answer.status_code == 422 or body.get("status") != "succeeded":
@@ -216,6 +209,9 @@ def run_prediction(model_dir: Path, inputs: dict[str, Any], weights: Path | None
             decode_data_url(output, out)
             output = str(out)
         return output
+    except DriverError:
+        _tail(staging / "server.log", err)  # as run_training does: the model's own traceback
+        raise
     finally:
         try:
             requests.post(f"{url}/shutdown", timeout=5)

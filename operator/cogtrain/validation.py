@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
+
 from .schema import TrainingSchema, ValueType, compile_pattern
 
 MAX_DEPTH = 100
@@ -34,6 +36,15 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+def model_problems(error: pydantic.ValidationError, prefix: str = "") -> list[Problem]:
+    """Each error of a pydantic model (a Training, its spec) as a Problem on its field path."""
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        problems.append(Problem(f"{prefix}{location}" or "training", item["msg"]))
+    return problems
 
 
 @dataclass(frozen=True)
