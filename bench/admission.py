@@ -27,17 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import urllib3  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from cluster_sim import RunningOperator  # noqa: E402
-from cogserver import free_port  # noqa: E402
 from cogtrain.crd import training_crd  # noqa: E402
 from cogtrain.handlers import Runtime  # noqa: E402
+from cogtrain.local import free_port  # noqa: E402
 from cogtrain.registry import RegistryClient  # noqa: E402
 from cogtrain.resolver import SchemaResolver  # noqa: E402
 from cogtrain.settings import Settings  # noqa: E402
 from cogtrain.webhook import WEBHOOK_PATH, WebhookConfig  # noqa: E402
-from conftest import cog_labels  # noqa: E402
-from k8s_server import start_kube_api  # noqa: E402
-from registry_server import start_registry  # noqa: E402
+from support.cluster_sim import RunningOperator  # noqa: E402
+from support.k8s_server import start_kube_api  # noqa: E402
+from support.registries import cog_labels  # noqa: E402
+from support.registry_server import start_registry  # noqa: E402
 
 SERVICE, NAMESPACE = "cogtrain-webhook", "cogtrain-system"
 

@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cogtrain import api  # noqa: E402
 from cogtrain.crd import training_crd  # noqa: E402
-from cogtrain.credentials import read_pull_secrets  # noqa: E402
 from cogtrain.jobs import build_job  # noqa: E402
+from cogtrain.pull_secrets import read_pull_secrets  # noqa: E402
 from cogtrain.registry import RegistryClient  # noqa: E402
 from cogtrain.resolver import SchemaResolver  # noqa: E402
 from cogtrain.settings import Settings  # noqa: E402
 from cogtrain.validation import validate_input  # noqa: E402
-from conftest import cog_labels  # noqa: E402
-from k8s_server import start_kube_api  # noqa: E402
-from registry_server import start_registry  # noqa: E402
+from support.k8s_server import start_kube_api  # noqa: E402
+from support.registries import cog_labels  # noqa: E402
+from support.registry_server import start_registry  # noqa: E402
 
 COUNT = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cogtrain.credentials import Keyring  # noqa: E402
 from cogtrain.registry import RegistryClient  # noqa: E402
 from cogtrain.resolver import SchemaResolver  # noqa: E402
-from conftest import USERS, cog_labels  # noqa: E402
-from registry_server import start_registry  # noqa: E402
+from support.registries import USERS, cog_labels  # noqa: E402
+from support.registry_server import start_registry  # noqa: E402
 
 
 def cold(image: str, keyring: Keyring | None, runs: int = 20) -> tuple[float, int]:

@@ -1,43 +1,36 @@
-"""Shared paths and fixtures."""
+"""The fixtures the test modules share: Cog model servers, registries, S3 and the Kubernetes API emulator.
+
+Everything else the tests share (the servers' code, paths, helpers) is in the `support` package; this file
+also checks that every test is marked `unit` or `integration` (see pyproject.toml's markers).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from cogserver import CogServer, prepare_model, start_cog_server
-from cogtrain.schema import TrainingSchema, parse_schema
-from k8s_server import KubeAPI, start_kube_api
-from registry_server import OCI_MANIFEST, Registry, start_registry
-from s3_server import S3Server, start_s3
+# The helpers' own asserts report their values as the tests' do: register them before anything imports them.
+pytest.register_assert_rewrite("support")
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-FIXTURE_MODELS = SHARED / "fixtures" / "cog-models"
-TEST_MODELS = Path(__file__).resolve().parent / "models"
-EXAMPLES = ROOT / "examples"
+from cogtrain.schema import TrainingSchema, parse_schema  # noqa: E402
+from support.cogserver import CogServer, prepare_model, start_cog_server  # noqa: E402
+from support.k8s_server import KubeAPI, start_kube_api  # noqa: E402
+from support.paths import load_schema_document, model_dirs  # noqa: E402
+from support.registries import USERS, Registries, cog_labels, predict_only_labels  # noqa: E402
+from support.registry_server import OCI_MANIFEST, start_registry  # noqa: E402
+from support.s3_server import S3Server, start_s3  # noqa: E402
 
-
-def model_dirs() -> dict[str, Path]:
-    """Every model with a Cog-generated schema: the shared fixtures and the test-only models."""
-    dirs = {path.name: path for path in sorted(FIXTURE_MODELS.iterdir()) if path.is_dir()}
-    dirs.update({path.name: path for path in sorted(TEST_MODELS.iterdir()) if path.is_dir()})
-    return dirs
+KINDS = ("unit", "integration")
 
 
-def schema_file(model_dir: Path) -> Path:
-    inner = model_dir / ".cog" / "openapi_schema.json"
-    return inner if inner.exists() else model_dir / "openapi_schema.json"
-
-
-def load_schema_document(name: str) -> dict[str, Any]:
-    return json.loads(schema_file(model_dirs()[name]).read_text())
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is exactly one of `unit` (fast, starts no server or subprocess) and `integration`."""
+    wrong = [f"{item.nodeid}: {kinds or 'neither'}" for item in items
+             if len(kinds := sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})) != 1]
+    if wrong:
+        raise pytest.UsageError("mark each test with exactly one of @pytest.mark.unit and @pytest.mark.integration "
+                                "(per test, or pytestmark per module):\n  " + "\n  ".join(wrong))
 
 
 @pytest.fixture(scope="session")
@@ -61,39 +54,6 @@ def cog_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     yield Servers()
     for server in started.values():
         server.stop()
-
-
-def cog_labels(model: str) -> dict[str, str]:
-    """The labels `cog build` puts on an image of a fixture model."""
-    config = yaml.safe_load((model_dirs()[model] / "cog.yaml").read_text())
-    return {
-        "run.cog.openapi_schema": schema_file(model_dirs()[model]).read_text(),
-        "run.cog.config": json.dumps(config),
-        "run.cog.version": "0.23.1",
-    }
-
-
-def predict_only_labels() -> dict[str, str]:
-    """A Cog image built without `train:`: its schema has only the prediction interface."""
-    document = load_schema_document("hello-train")
-    schemas = document["components"]["schemas"]
-    schemas["Input"] = schemas.pop("TrainingInput")
-    schemas["Output"] = schemas.pop("TrainingOutput")
-    for name in ("TrainingRequest", "TrainingResponse"):
-        schemas.pop(name, None)
-    document["paths"] = {"/predictions": {}, "/health-check": {}, "/shutdown": {}}
-    return {"run.cog.openapi_schema": json.dumps(document), "run.cog.config": json.dumps({"predict": "p.py:P"})}
-
-
-USERS = {"admin": "admin-pass", "reader": "reader-pass"}
-
-
-@dataclass
-class Registries:
-    anonymous: Registry
-    htpasswd: Registry
-    token: Registry
-    digests: dict[str, str]
 
 
 @pytest.fixture(scope="session")

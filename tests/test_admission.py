@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import socket
 import time
 import uuid
@@ -16,8 +15,6 @@ import urllib3
 from cryptography import x509
 from kubernetes import client
 
-from cluster_sim import RunningOperator, wait_for
-from cogserver import free_port
 from cogtrain import certs
 from cogtrain.admission import LookupTimeout, review_create, review_update
 from cogtrain.handlers import Runtime
@@ -25,19 +22,13 @@ from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
 from cogtrain.webhook import WEBHOOK_PATH, WebhookConfig
-from conftest import Registries
-from k8s_server import KubeAPI
-
-DATA = "https://example.com/data.zip"
-NAMESPACE = "cogtrain-system"
-SERVICE = "cogtrain-webhook"
-
-
-def training(model: str, inputs: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "cog.run/v1alpha1", "kind": "Training",
-            "metadata": {"name": "tok", "namespace": "ml", "uid": str(uuid.uuid4())},
-            "spec": {"model": model, "input": inputs if inputs is not None else {"train_data": DATA, "seed": 3},
-                     "destination": "s3://weights/", **spec}}
+from support.cluster_sim import RunningOperator, wait_for
+from support.cogserver import free_port
+from support.k8s_server import KubeAPI
+from support.metrics import scrape
+from support.registries import Registries
+from support.trainings import DATA, model
+from support.webhook import NAMESPACE, SERVICE, Webhook, training
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +36,16 @@ def resolver() -> SchemaResolver:
     return SchemaResolver(RegistryClient(timeout=2))
 
 
-def model(registries: Registries, name: str = "training-output") -> str:
-    return f"{registries.anonymous.host}/acme/{name}:1.0"
-
-
 # --- decisions (pure) ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_good_training_is_allowed(registries: Registries, resolver: SchemaResolver) -> None:
     decision = review_create(training(model(registries)), resolver.resolve)
     assert (decision.allowed, decision.decision, decision.warnings) == (True, "allowed", [])
 
 
+@pytest.mark.integration
 def test_every_problem_in_one_message(registries: Registries, resolver: SchemaResolver) -> None:
     body = training(model(registries, "all-inputs"),
                     {"train_data": DATA, "steps": 0, "optimizer": "AdamW", "stepz": 1}, destination=None)
@@ -72,22 +61,26 @@ def test_every_problem_in_one_message(registries: Registries, resolver: SchemaRe
         assert expected in message, message
 
 
+@pytest.mark.integration
 def test_deprecated_inputs_are_warnings(registries: Registries, resolver: SchemaResolver) -> None:
     decision = review_create(training(model(registries, "edge-cases"), {"old": "y"}), resolver.resolve)
     assert decision.allowed and decision.warnings and "old" in decision.warnings[0] and "deprecated" in decision.warnings[0]
 
 
+@pytest.mark.unit
 def test_malformed_spec_is_denied_by_field(resolver: SchemaResolver) -> None:
     body = training("example.com/x:1", backoffLimit=-1)
     decision = review_create(body, resolver.resolve)
     assert not decision.allowed and "spec.backoff_limit" in decision.message.replace("backoffLimit", "backoff_limit")
 
 
+@pytest.mark.integration
 def test_unknown_image_is_denied_naming_spec_model(registries: Registries, resolver: SchemaResolver) -> None:
     decision = review_create(training(f"{registries.anonymous.host}/acme/nope:1.0"), resolver.resolve)
     assert not decision.allowed and decision.message.startswith("Training ml/tok is invalid: spec.model: ")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("error", [LookupTimeout("no answer within 3 s"),
                                    RegistryError(RegistryErrorKind.UNAVAILABLE, "registry.example.com: HTTP 503")])
 def test_registry_down_follows_the_failure_policy(error: Exception) -> None:
@@ -101,6 +94,7 @@ def test_registry_down_follows_the_failure_policy(error: Exception) -> None:
     assert not failed.allowed and failed.message.startswith("cannot check the inputs of Training ml/tok now: ")
 
 
+@pytest.mark.unit
 def test_updates_may_change_only_cancel_and_suspend() -> None:
     old = training("example.com/x:1")
     assert review_update(old, {**old, "spec": {**old["spec"], "cancel": True, "suspend": True}}).allowed
@@ -119,6 +113,7 @@ def test_updates_may_change_only_cancel_and_suspend() -> None:
 # --- certificates ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_certificates_are_kept_in_a_secret_and_renewed_when_needed(kube: KubeAPI) -> None:
     core = client.CoreV1Api(kube.api_client)
     namespace = f"tls-{uuid.uuid4().hex[:6]}"
@@ -135,37 +130,6 @@ def test_certificates_are_kept_in_a_secret_and_renewed_when_needed(kube: KubeAPI
 
 
 # --- the webhook served by kopf over HTTPS ------------------------------------------------------------
-
-
-class Webhook:
-    def __init__(self, port: int, ca: bytes, hostname: str = f"{SERVICE}.{NAMESPACE}.svc") -> None:
-        self.ca = ca
-        self.metrics_port: int | None = None
-        self.pool = urllib3.HTTPSConnectionPool(
-            "127.0.0.1", port, cert_reqs="CERT_REQUIRED", ca_cert_data=ca.decode(),
-            server_hostname=hostname, assert_hostname=hostname, retries=False,
-        )
-
-    def review(self, operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None = None) -> dict[str, Any]:
-        uid = str(uuid.uuid4())
-        request = {
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": uid, "kind": {"group": "cog.run", "version": "v1alpha1", "kind": "Training"},
-                "resource": {"group": "cog.run", "version": "v1alpha1", "resource": "trainings"},
-                "requestKind": {"group": "cog.run", "version": "v1alpha1", "kind": "Training"},
-                "requestResource": {"group": "cog.run", "version": "v1alpha1", "resource": "trainings"},
-                "name": "tok", "namespace": "ml", "operation": operation,
-                "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-                "object": obj, "oldObject": old, "dryRun": False,
-            },
-        }
-        answer = self.pool.request("POST", f"/{WEBHOOK_PATH}", body=json.dumps(request).encode(),
-                                   headers={"Content-Type": "application/json"}, timeout=15)
-        assert answer.status == 200, answer.data
-        review = json.loads(answer.data)
-        assert review["kind"] == "AdmissionReview" and review["response"]["uid"] == uid
-        return review["response"]
 
 
 def _hanging_registry() -> tuple[socket.socket, str]:
@@ -217,12 +181,14 @@ def _answers(hook: Webhook) -> bool:
         return False
 
 
+@pytest.mark.integration
 def test_webhook_allows_over_verified_tls(webhook: tuple[Webhook, RunningOperator], registries: Registries) -> None:
     hook, _ = webhook
     response = hook.review("CREATE", training(model(registries)))
     assert response["allowed"] is True and not response.get("warnings")
 
 
+@pytest.mark.integration
 def test_webhook_denies_with_field_level_message(webhook: tuple[Webhook, RunningOperator],
                                                  registries: Registries) -> None:
     hook, _ = webhook
@@ -233,6 +199,7 @@ def test_webhook_denies_with_field_level_message(webhook: tuple[Webhook, Running
     assert "input.steps: 0 is less than the minimum of 1" in message and "input.caption_prefix: " in message
 
 
+@pytest.mark.integration
 def test_webhook_warns(webhook: tuple[Webhook, RunningOperator], registries: Registries) -> None:
     hook, _ = webhook
     response = hook.review("CREATE", training(model(registries, "edge-cases"), {"old": "y"}))
@@ -240,6 +207,7 @@ def test_webhook_warns(webhook: tuple[Webhook, RunningOperator], registries: Reg
     assert any("old" in warning and "deprecated" in warning for warning in response["warnings"])
 
 
+@pytest.mark.integration
 def test_webhook_denies_changing_an_immutable_field(webhook: tuple[Webhook, RunningOperator]) -> None:
     hook, _ = webhook
     old = training("example.com/x:1")
@@ -250,6 +218,7 @@ def test_webhook_denies_changing_an_immutable_field(webhook: tuple[Webhook, Runn
     assert hook.review("UPDATE", {**old, "spec": {**old["spec"], "cancel": True}}, old)["allowed"] is True
 
 
+@pytest.mark.integration
 def test_webhook_answers_in_time_when_the_registry_hangs(webhook: tuple[Webhook, RunningOperator]) -> None:
     hook, _ = webhook
     listener, host = _hanging_registry()
@@ -264,6 +233,7 @@ def test_webhook_answers_in_time_when_the_registry_hangs(webhook: tuple[Webhook,
     assert "the inputs were not checked" in response["warnings"][0]
 
 
+@pytest.mark.integration
 def test_webhook_certificate_is_refused_for_another_name(webhook: tuple[Webhook, RunningOperator]) -> None:
     hook, _ = webhook
     wrong = urllib3.HTTPSConnectionPool(
@@ -278,10 +248,9 @@ def test_webhook_certificate_is_refused_for_another_name(webhook: tuple[Webhook,
         untrusted.request("POST", f"/{WEBHOOK_PATH}", body=b"{}", timeout=5)
 
 
+@pytest.mark.integration
 def test_admission_decisions_and_latency_are_metrics(webhook: tuple[Webhook, RunningOperator],
                                                      registries: Registries) -> None:
-    from test_metrics import scrape
-
     hook, _ = webhook
     assert hook.metrics_port is not None
     before = scrape(hook.metrics_port)
@@ -299,6 +268,7 @@ def test_admission_decisions_and_latency_are_metrics(webhook: tuple[Webhook, Run
     assert delta("cogtrain_admission_duration_seconds_bucket", operation="CREATE", le="0.05") == 2, "cached: fast"
 
 
+@pytest.mark.unit
 def test_cert_manager_mode_serves_the_mounted_files(tmp_path: Any) -> None:
     from cogtrain.webhook import server
 

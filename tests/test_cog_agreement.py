@@ -15,7 +15,7 @@ import pytest
 
 from cogtrain.schema import InputSpec, TrainingSchema, parse_schema
 from cogtrain.validation import validate_input
-from conftest import load_schema_document, model_dirs
+from support.paths import load_schema_document, model_dirs
 
 DATA_URL = "data:text/plain;base64,aGVsbG8="
 SECRET_VALUE = "s3cr3t-value"
@@ -132,6 +132,7 @@ def _documented_difference(schema: TrainingSchema, raw: dict[str, Any], secret_n
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("model", "raw", "secret_names"), list(cases()))
 def test_verdict_agrees_with_cog_server(model: str, raw: dict[str, Any], secret_names: list[str],
                                         cog_servers: Any) -> None:
@@ -168,5 +169,6 @@ def test_verdict_agrees_with_cog_server(model: str, raw: dict[str, Any], secret_
         assert status == 422, "Cog refuses explicit nulls; the validator's acceptance is deliberate"
 
 
+@pytest.mark.unit
 def test_every_fixture_model_is_covered() -> None:
     assert set(BASE) == set(model_dirs())

@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 from cogtrain import api
-from cogtrain.cli import render_crd
+from cogtrain.commands.crd import render_crd
 from cogtrain.crd import training_crd
-from conftest import EXAMPLES, ROOT
+from support.k8s_versions import K8S_VERSIONS
+from support.paths import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.unit
 
 CRD_FILE = ROOT / "crds" / "cog.run_trainings.yaml"
-K8S_VERSIONS = [v for v in kubernetes_validate.utils.all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 29)]
 FORBIDDEN_IN_STRUCTURAL = {"$ref", "$defs", "definitions", "dependencies", "patternProperties", "uniqueItems",
                            "title", "const", "oneOf"}
 

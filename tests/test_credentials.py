@@ -12,6 +12,8 @@ from cogtrain.credentials import Credential, Keyring, keyring_from_file, keyring
 from cogtrain.documents import DocumentError
 from cogtrain.reference import ReferenceError, parse_reference
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "registry", "repository", "tag", "digest"),

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cogserver import prepare_model, start_cog_server
 from cogtrain.destinations import DriverError, LocalDestination, S3Destination, destination_for
 from cogtrain.driver import Driver
-from s3_server import BUCKET, S3Server
-from test_driver import DRIVER_MODELS, drive_to_end, expect_failure
+from support.cogserver import prepare_model, start_cog_server
+from support.driving import drive_to_end, expect_failure
+from support.paths import DRIVER_MODELS
+from support.s3_server import BUCKET, S3Server
 
 
+@pytest.mark.integration
 def test_drive_command_stores_in_s3_with_checksums(tmp_path: Path, s3: S3Server) -> None:
     secret = s3.writer["AWS_SECRET_ACCESS_KEY"]
     code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": "5", **s3.env()},
@@ -39,6 +41,7 @@ def test_drive_command_stores_in_s3_with_checksums(tmp_path: Path, s3: S3Server)
     assert secret not in out + err and secret not in json.dumps(report), "credentials are never printed"
 
 
+@pytest.mark.integration
 def test_large_files_go_up_in_parts_with_checksums_the_store_verifies(tmp_path: Path, s3: S3Server) -> None:
     source = tmp_path / "big.safetensors"
     data = os.urandom(13 * 1024 * 1024)
@@ -60,6 +63,7 @@ def test_large_files_go_up_in_parts_with_checksums_the_store_verifies(tmp_path: 
     assert destination.put(again, "passwd") == f"s3://{BUCKET}/parts/ml/big/passwd-2", "names stay unique"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("who", "bucket", "expected"), [
     ("reader", BUCKET, "AccessDenied"),
     ("writer", "no-such-bucket", "NoSuchBucket"),
@@ -77,6 +81,7 @@ def test_s3_destination_that_refuses_writes(s3: S3Server, who: str, bucket: str,
     assert env["AWS_SECRET_ACCESS_KEY"] not in caught.value.message
 
 
+@pytest.mark.integration
 def test_s3_without_credentials_says_where_they_go(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -91,6 +96,7 @@ def test_s3_without_credentials_says_where_they_go(s3: S3Server, monkeypatch: py
            "destinationSecretRef" in caught.value.message
 
 
+@pytest.mark.integration
 def test_an_unwritable_destination_fails_before_the_training_starts(tmp_path: Path, s3: S3Server) -> None:
     """No GPU time is spent on a training whose weights could not be stored."""
     server = start_cog_server(prepare_model(DRIVER_MODELS / "chatty", tmp_path / "m"))
@@ -106,6 +112,7 @@ def test_an_unwritable_destination_fails_before_the_training_starts(tmp_path: Pa
     assert server.process.returncode is not None, "the model server was told to shut down"
 
 
+@pytest.mark.unit
 def test_local_destination_check(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("")

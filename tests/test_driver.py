@@ -10,30 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from cogserver import CogServer, prepare_model, start_cog_server
 from cogtrain.cli import main
+from cogtrain.contract import Reason
 from cogtrain.destinations import DriverError, LocalDestination, safe_name
 from cogtrain.driver import Driver, Receiver, termination_message
 from cogtrain.local import parse_inputs, run_training
 from cogtrain.schema import parse_schema
-from conftest import EXAMPLES, FIXTURE_MODELS, load_schema_document
-
-DRIVER_MODELS = Path(__file__).resolve().parent / "driver-models"
-
-
-def expect_failure(server: CogServer, driver: Driver) -> DriverError:
-    """Run a training that must fail; the model server must have been told to shut down."""
-    try:
-        with pytest.raises(DriverError) as caught:
-            driver.run()
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    return caught.value
+from support.cogserver import free_port, prepare_model, start_cog_server
+from support.driving import drive_to_end, expect_failure, start_drive
+from support.paths import DRIVER_MODELS, EXAMPLES, SEED_MODELS, load_schema_document
 
 
+@pytest.mark.integration
 def test_bare_path_output(tmp_path: Path) -> None:
-    model = prepare_model(FIXTURE_MODELS / "all-inputs", tmp_path / "m")
+    model = prepare_model(SEED_MODELS["all-inputs"], tmp_path / "m")
     out = tmp_path / "weights"
     output = run_training(model, {"train_data": str(tmp_path), "caption_prefix": "x", "steps": 7}, out,
                           log=io.StringIO(), err=io.StringIO())
@@ -41,6 +31,7 @@ def test_bare_path_output(tmp_path: Path) -> None:
     assert out.read_text().startswith("7 0.0001 adamw 8 run True None 42")
 
 
+@pytest.mark.integration
 def test_training_output_object_with_inline_file(tmp_path: Path) -> None:
     data = tmp_path / "data.txt"
     data.write_bytes(b"12345")
@@ -51,12 +42,14 @@ def test_training_output_object_with_inline_file(tmp_path: Path) -> None:
     assert out.read_text() == "lr=0.0001 seed=3 bytes=5\n"
 
 
+@pytest.mark.integration
 def test_file_output_of_the_seed_hello_model(tmp_path: Path) -> None:
     out = tmp_path / "weights"
     run_training(EXAMPLES / "hello-train", {"param": "train"}, out, log=io.StringIO(), err=io.StringIO())
     assert out.read_text() == "hello train", "`cog train -i param=train` then `cat weights`"
 
 
+@pytest.mark.integration
 def test_list_of_files_and_live_logs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     log = io.StringIO()
@@ -68,6 +61,7 @@ def test_list_of_files_and_live_logs(tmp_path: Path) -> None:
     assert lines[0] == "step 0 loss 1.0000" and lines[-1] == "step 2999 loss 0.0003" and len(lines) == 3000
 
 
+@pytest.mark.integration
 def test_training_that_raises(tmp_path: Path) -> None:
     with pytest.raises(DriverError) as caught:
         run_training(DRIVER_MODELS / "fails", {"learning_rate": 0.5}, tmp_path / "w", log=io.StringIO(),
@@ -77,8 +71,9 @@ def test_training_that_raises(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.integration
 def test_input_rejected_422(tmp_path: Path) -> None:
-    model = prepare_model(FIXTURE_MODELS / "all-inputs", tmp_path / "m")
+    model = prepare_model(SEED_MODELS["all-inputs"], tmp_path / "m")
     server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
     driver = Driver(model_url=server.url, training_id="t-422", inputs={"train_data": "x", "steps": "five"},
                     destination=LocalDestination(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s",
@@ -89,6 +84,7 @@ def test_input_rejected_422(tmp_path: Path) -> None:
     assert server.process.returncode is not None, "the driver shut the model server down"
 
 
+@pytest.mark.integration
 def test_cancel_mid_training(tmp_path: Path) -> None:
     model = prepare_model(DRIVER_MODELS / "chatty", tmp_path / "m")
     server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
@@ -102,9 +98,8 @@ def test_cancel_mid_training(tmp_path: Path) -> None:
     assert "step 0 loss" in log.getvalue()
 
 
+@pytest.mark.integration
 def test_unreachable_model_server(tmp_path: Path) -> None:
-    from cogserver import free_port
-
     driver = Driver(model_url=f"http://127.0.0.1:{free_port()}", training_id="t", inputs={},
                     destination=LocalDestination(tmp_path, "pvc://c"), scratch=tmp_path / "s", setup_timeout=1,
                     log=io.StringIO())
@@ -113,12 +108,14 @@ def test_unreachable_model_server(tmp_path: Path) -> None:
     assert caught.value.reason == "ModelUnreachable"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "safe"), [("../../etc/passwd", "passwd"), ("..", "output"), ("a b$.bin", "a_b_.bin"),
                                             ("%2e%2e%2fsecret", "secret"), (".hidden", "hidden"), ("w.safetensors", "w.safetensors")])
 def test_safe_names(name: str, safe: str) -> None:
     assert safe_name(name) == safe
 
 
+@pytest.mark.integration
 def test_upload_with_a_traversal_name_stays_in_scratch(tmp_path: Path) -> None:
     receiver = Receiver(tmp_path / "scratch", "127.0.0.1:0", io.StringIO())
     (tmp_path / "scratch").mkdir()
@@ -133,6 +130,7 @@ def test_upload_with_a_traversal_name_stays_in_scratch(tmp_path: Path) -> None:
     assert not (tmp_path / "etc").exists()
 
 
+@pytest.mark.unit
 def test_destination_that_refuses_writes(tmp_path: Path) -> None:
     blocked = tmp_path / "readonly"
     blocked.write_text("a file where a folder should be")
@@ -144,6 +142,7 @@ def test_destination_that_refuses_writes(tmp_path: Path) -> None:
     assert "cannot write to the destination pvc://weights/team/" in caught.value.message
 
 
+@pytest.mark.unit
 def test_termination_message_fits_and_overflows_to_a_file(tmp_path: Path) -> None:
     small = json.loads(termination_message({"weights": "pvc://c/w.bin"}, None, None))
     assert small == {"status": "succeeded", "output": {"weights": "pvc://c/w.bin"}, "weights": "pvc://c/w.bin"}
@@ -156,10 +155,11 @@ def test_termination_message_fits_and_overflows_to_a_file(tmp_path: Path) -> Non
     assert len(text.encode()) <= 4096
     assert json.loads(text)["output"] == {"$ref": "pvc://c/p/output.json"}
     assert json.loads((tmp_path / "output.json").read_text()) == big_output
-    failed = json.loads(termination_message(None, DriverError("SetupFailed", "boom", 11), None))
+    failed = json.loads(termination_message(None, DriverError(Reason.SETUP_FAILED, "boom"), None))
     assert failed == {"status": "failed", "reason": "SetupFailed", "message": "boom"}
 
 
+@pytest.mark.unit
 def test_cli_values_are_typed_by_the_schema(tmp_path: Path) -> None:
     schema = parse_schema(load_schema_document("all-inputs"))
     data = tmp_path / "d.zip"
@@ -170,6 +170,7 @@ def test_cli_values_are_typed_by_the_schema(tmp_path: Path) -> None:
                       "train_data": str(data)}
 
 
+@pytest.mark.integration
 def test_cogtrain_run_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(EXAMPLES / "hello-train"), "-i", "param=world"]) == 0
@@ -178,41 +179,9 @@ def test_cogtrain_run_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert 'input.parm: unknown input (Cog would silently ignore it). Did you mean "param"?' in capsys.readouterr().err
 
 
-def _drive(tmp_path: Path, model: Path, env_inputs: dict[str, str], extra_args: list[str] | None = None):  # type: ignore[no-untyped-def]
-    """`cogtrain drive` as the Job runs it, beside Cog's server started as the model container is."""
-    import os
-    import subprocess
-    import sys
-
-    from cogserver import free_port
-
-    listen = free_port()
-    server = start_cog_server(prepare_model(model, tmp_path / "model"),
-                              ["--await-explicit-shutdown", "true", "--upload-url", f"http://127.0.0.1:{listen}/upload/"])
-    env = {**os.environ, **env_inputs}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "cogtrain"), "drive", f"--model-url={server.url}",
-         f"--listen=127.0.0.1:{listen}", "--training-id=uid-123", "--destination=pvc://weights/team",
-         f"--destination-root={tmp_path / 'mnt'}", f"--scratch={tmp_path / 'scratch'}", "--namespace=ml",
-         "--name=tok", f"--termination-log={tmp_path / 'termination-log'}", *(extra_args or [])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return server, process
-
-
-def drive_to_end(tmp_path: Path, model: Path, env_inputs: dict[str, str],
-                 extra_args: list[str] | None = None) -> tuple[int, str, str]:
-    """`cogtrain drive` through a whole training: its exit code, stdout and stderr."""
-    server, process = _drive(tmp_path, model, env_inputs, extra_args)
-    try:
-        out, err = process.communicate(timeout=90)
-        server.process.wait(timeout=20)
-    finally:
-        server.stop()
-    return process.returncode, out, err
-
-
+@pytest.mark.integration
 def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
-    code, out, err = drive_to_end(tmp_path, FIXTURE_MODELS / "all-inputs", {
+    code, out, err = drive_to_end(tmp_path, SEED_MODELS["all-inputs"], {
         "COGTRAIN_INPUT_train_data": json.dumps(str(tmp_path)), "COGTRAIN_INPUT_caption_prefix": '"tok"',
         "COGTRAIN_INPUT_steps": "9", "COGTRAIN_SECRET_INPUT_hf_token": "not-json secret"})
     assert code == 0, err
@@ -225,11 +194,12 @@ def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
     assert "not-json secret" not in out + err, "a Secret's value is never printed"
 
 
+@pytest.mark.integration
 def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
     import signal
     import time
 
-    server, process = _drive(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": str(10**9)},
+    server, process = start_drive(tmp_path, DRIVER_MODELS / "chatty", {"COGTRAIN_INPUT_lines": str(10**9)},
                              ["--cancel-grace=3"])
     try:
         assert process.stdout is not None
@@ -246,6 +216,7 @@ def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
         "status": "failed", "reason": "Canceled", "message": "the training was canceled"}
 
 
+@pytest.mark.unit
 def test_destination_layout_and_refusals(tmp_path: Path) -> None:
     from cogtrain.destinations import destination_for
 
@@ -259,6 +230,7 @@ def test_destination_layout_and_refusals(tmp_path: Path) -> None:
         assert caught.value.reason == "DestinationUnwritable" and message in caught.value.message
 
 
+@pytest.mark.unit
 def test_inputs_from_env() -> None:
     from cogtrain.driver import inputs_from_env
 
@@ -270,6 +242,7 @@ def test_inputs_from_env() -> None:
     assert caught.value.reason == "InputRejected" and "five" not in caught.value.message
 
 
+@pytest.mark.integration
 def test_setup_failure_is_final_and_reported_with_the_setup_logs(tmp_path: Path) -> None:
     server = start_cog_server(prepare_model(DRIVER_MODELS / "setup-fails", tmp_path / "m"), wait_ready=False)
     log = io.StringIO()

@@ -10,11 +10,12 @@ import torch
 
 from cogtrain.cli import main
 from cogtrain.local import LocalRunError, missing_packages, run_prediction, run_training
-from conftest import EXAMPLES
+from support.paths import EXAMPLES
 
 MODEL = EXAMPLES / "tiny-lm"
 
 
+@pytest.mark.integration
 def test_train_then_predict_with_the_weights_and_fine_tune_further(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
@@ -48,6 +49,7 @@ def test_train_then_predict_with_the_weights_and_fine_tune_further(tmp_path: Pat
     assert (fresh["embed.weight"] - state["embed.weight"]).abs().max() > 0.1, "without it, a fresh start"
 
 
+@pytest.mark.integration
 def test_the_model_s_own_input_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(MODEL), "-i", "steps=0", "-o", str(tmp_path / "w")]) == 1
     assert "input.steps: 0 is less than the minimum of 1" in capsys.readouterr().err
@@ -59,6 +61,7 @@ def test_the_model_s_own_input_checks(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "ValueError: train_data has 5 bytes; it needs more than 16" in err
 
 
+@pytest.mark.unit
 def test_missing_python_packages_are_named_before_anything_starts(tmp_path: Path) -> None:
     assert missing_packages({"build": {"python_packages": ["torch==2.13.0", "no-such-package-xyz>=1"]}}) == [
         "no-such-package-xyz>=1"]

@@ -10,19 +10,21 @@ import pytest
 import yaml
 
 from cogtrain.api import Training
-from cogtrain.jobs import (
+from cogtrain.contract import (
     DRIVER_CONTAINER,
     INPUT_ENV_PREFIX,
     MODEL_CONTAINER,
     S3_ENV,
+    S3_REQUIRED,
     SECRET_ENV_PREFIX,
     ExitCode,
-    build_job,
-    job_name,
 )
+from cogtrain.jobs import build_job, job_name
 from cogtrain.settings import Settings, settings_from
-from conftest import EXAMPLES
-from test_crd import K8S_VERSIONS
+from support.k8s_versions import K8S_VERSIONS
+from support.paths import EXAMPLES
+
+pytestmark = pytest.mark.unit
 
 IMAGE = "registry.example.com/acme/sdxl@sha256:" + "a" * 64
 
@@ -101,7 +103,7 @@ def test_defaults_backoff_zero_and_no_token() -> None:
 def test_pod_failure_policy_fails_fast_on_the_driver_s_final_exits() -> None:
     rules = build_job(training(), IMAGE, INPUTS, Settings())["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
-                                                             "values": list(ExitCode.FINAL)}}
+                                                             "values": ExitCode.final()}}
     assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 
@@ -113,7 +115,8 @@ def test_model_container_runs_the_pinned_image_as_a_native_sidecar_with_the_gpus
     assert "--await-explicit-shutdown" in model["args"] and "--upload-url" in model["args"]
     assert "command" not in model, "the image's tini entrypoint stays"
     assert model["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "1"}}
-    assert model["startupProbe"]["httpGet"] == {"path": "/health-check", "port": 5000}
+    assert model["args"][model["args"].index("--host") + 1] == "127.0.0.1", "the model server answers the Pod only"
+    assert "ports" not in model and "startupProbe" not in model, "nothing outside the Pod reaches it"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in model["volumeMounts"]
 
 
@@ -169,8 +172,11 @@ def test_s3_settings_come_from_the_secret_by_reference_only() -> None:
                     Settings(default_destination_secret="fallback"))
     env = {e["name"]: e for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")}
     assert sorted(env) == sorted(S3_ENV)
-    assert all(e["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": k, "optional": True} and "value" not in e
-               for k, e in env.items()), "keys may be absent (IRSA, AWS's own endpoint); values never inlined"
+    assert all(e["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": k, "optional": k not in S3_REQUIRED}
+               and "value" not in e for k, e in env.items()), "values never inlined"
+    assert sorted(S3_REQUIRED) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], (
+        "a missing Secret or key pair stops the Pod (CreateContainerConfigError) instead of falling back to the "
+        "node's identity; the session token, region and endpoint may be absent")
     job = build_job(training(destination="s3://b/p"), IMAGE, INPUTS, Settings(default_destination_secret="fallback"))
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")} == {"fallback"}
     for spec in ({"destination": "s3://b/p"}, {"destination": "pvc://w", "destinationSecretRef": {"name": "s3-creds"}}):
@@ -192,3 +198,9 @@ def test_settings_from_environment_and_flags() -> None:
                              insecure_registries=["c", "a:5000"], gpu_resource_name="amd.com/gpu")
     assert settings.driver_image == "d:1" and settings.gpu_resource_name == "amd.com/gpu"
     assert settings.insecure_registries == ("a:5000", "b", "c")
+
+
+def test_no_service_links_reach_the_driver() -> None:
+    """A Service named like an input would otherwise inject COGTRAIN_INPUT_<NAME>_SERVICE_HOST."""
+    pod = build_job(training(), IMAGE, INPUTS, Settings())["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False

@@ -6,24 +6,19 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from cluster_sim import Cluster, RunningOperator, wait_for
-from cogserver import free_port
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
-from conftest import Registries
-from k8s_server import KubeAPI
-from test_operator import spec, succeed
+from support.cluster_sim import Cluster, RunningOperator, wait_for
+from support.cogserver import free_port
+from support.k8s_server import KubeAPI
+from support.metrics import scrape
+from support.registries import Registries
+from support.trainings import spec, succeed
 
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()

@@ -9,16 +9,15 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from cluster_sim import Cluster, RunningOperator, wait_for
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
-from conftest import Registries
-from k8s_server import Fault, KubeAPI
-from test_crd import K8S_VERSIONS
-
-DATA = "https://example.com/data.zip"
+from support.cluster_sim import Cluster, RunningOperator, wait_for
+from support.k8s_server import Fault, KubeAPI
+from support.k8s_versions import K8S_VERSIONS
+from support.registries import Registries
+from support.trainings import DATA, model, spec
 
 
 @pytest.fixture()
@@ -39,24 +38,7 @@ def cluster(kube: KubeAPI) -> Cluster:
     return Cluster(kube, f"ns-{uuid.uuid4().hex[:8]}")
 
 
-def model(registries: Registries, name: str = "training-output") -> str:
-    return f"{registries.anonymous.host}/acme/{name}:1.0"
-
-
-def spec(registries: Registries, **extra: Any) -> dict[str, Any]:
-    return {"model": model(registries), "input": {"train_data": DATA, "seed": 3}, **extra}
-
-
-def succeed(cluster: Cluster, name: str, report: dict[str, Any]) -> dict[str, Any]:
-    job = cluster.job(name)
-    pod = cluster.start_pod(job)
-    cluster.run_pod(pod)
-    cluster.wait_phase(name, "Running")
-    cluster.finish_pod(pod, 0, report)
-    cluster.complete_job(job)
-    return cluster.wait_phase(name, "Succeeded")
-
-
+@pytest.mark.integration
 def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("tok", spec(registries, destination="s3://bucket/trainings/"))
     job = cluster.job("tok")
@@ -97,6 +79,7 @@ def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Reg
     assert len(cluster.jobs()) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("training_spec", "reason", "message"),
     [
@@ -126,18 +109,21 @@ def test_unusable_trainings_fail_without_a_job(operator: RunningOperator, cluste
     assert cluster.jobs() == []
 
 
+@pytest.mark.integration
 def test_no_destination_anywhere(kube: KubeAPI, cluster: Cluster, registries: Registries) -> None:
     runtime = Runtime(settings=Settings(), api_client=kube.api_client, resolver=SchemaResolver(RegistryClient()))
     running_operator = RunningOperator(kube, runtime).start()
     try:
         cluster.create_training("nowhere", spec(registries))
         status = cluster.wait_phase("nowhere", "Failed")
-        assert "spec.destination is not set" in status["error"]
+        assert "spec.destination: not set" in status["error"]
+        assert {c["type"]: c["reason"] for c in status["conditions"]}["Failed"] == "NoDestination"
     finally:
         running_operator.stop()
     assert cluster.jobs() == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("outcome", "reason", "error"),
     [
@@ -157,7 +143,7 @@ def test_no_destination_anywhere(kube: KubeAPI, cluster: Cluster, registries: Re
 )
 def test_failures_become_one_clear_error(operator: RunningOperator, cluster: Cluster, registries: Registries,
                                          outcome: dict[str, Any], reason: str, error: str) -> None:
-    from cluster_sim import container
+    from support.cluster_sim import container
 
     cluster.create_training("ft", spec(registries, activeDeadlineSeconds=600))
     job = cluster.job("ft")
@@ -178,6 +164,7 @@ def test_failures_become_one_clear_error(operator: RunningOperator, cluster: Clu
     assert status["startTime"] and status["completionTime"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("pod_status", "reason", "message"),
     [
@@ -197,7 +184,7 @@ def test_failures_become_one_clear_error(operator: RunningOperator, cluster: Clu
 )
 def test_pending_says_why(operator: RunningOperator, cluster: Cluster, registries: Registries,
                           pod_status: dict[str, Any], reason: str, message: str) -> None:
-    from cluster_sim import container
+    from support.cluster_sim import container
 
     cluster.create_training("wait", spec(registries))
     job = cluster.job("wait")
@@ -214,9 +201,10 @@ def test_pending_says_why(operator: RunningOperator, cluster: Cluster, registrie
     assert cluster.condition("wait", "Ready")["message"] == message
 
 
+@pytest.mark.integration
 def test_image_that_can_never_be_pulled_fails(operator: RunningOperator, cluster: Cluster,
                                               registries: Registries) -> None:
-    from cluster_sim import container
+    from support.cluster_sim import container
 
     cluster.create_training("nopull", spec(registries))
     pod = cluster.start_pod(cluster.job("nopull"))
@@ -226,6 +214,7 @@ def test_image_that_can_never_be_pulled_fails(operator: RunningOperator, cluster
     assert status["error"] == "the model image cannot be pulled: InvalidImageName: couldn't parse image name"
 
 
+@pytest.mark.integration
 def test_cancel(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("stop", spec(registries))
     job = cluster.job("stop")
@@ -241,12 +230,14 @@ def test_cancel(operator: RunningOperator, cluster: Cluster, registries: Registr
     wait_for(lambda: any(e["reason"] == "Canceled" for e in cluster.events("stop")), what="a Canceled event")
 
 
+@pytest.mark.integration
 def test_canceled_before_it_starts(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("never", spec(registries, cancel=True))
     cluster.wait_phase("never", "Canceled")
     assert cluster.jobs() == []
 
 
+@pytest.mark.integration
 def test_delete_removes_job_and_pods(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("gone", spec(registries))
     cluster.start_pod(cluster.job("gone"))
@@ -254,6 +245,7 @@ def test_delete_removes_job_and_pods(operator: RunningOperator, cluster: Cluster
     wait_for(lambda: cluster.jobs() == [] and cluster.pods("gone") == [], what="the Job and Pods to be collected")
 
 
+@pytest.mark.integration
 def test_suspend_is_passed_to_the_job(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("queued", spec(registries, suspend=True),
                             labels={"kueue.x-k8s.io/queue-name": "gpus"})
@@ -268,6 +260,7 @@ def test_suspend_is_passed_to_the_job(operator: RunningOperator, cluster: Cluste
     wait_for(lambda: cluster.job("queued")["spec"]["suspend"] is False, what="the Job to be resumed")
 
 
+@pytest.mark.integration
 def test_deprecated_input_warns(operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
     cluster.create_training("old", {"model": model(registries, "edge-cases"), "input": {"old": "y"}})
     cluster.job("old")
@@ -279,6 +272,7 @@ def test_deprecated_input_warns(operator: RunningOperator, cluster: Cluster, reg
 # --- restarts and API failures ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_restart_mid_run_adopts_the_job_and_finishes(kube: KubeAPI, runtime: Runtime, cluster: Cluster,
                                                      registries: Registries) -> None:
     first = RunningOperator(kube, runtime).start()
@@ -316,6 +310,7 @@ def test_restart_mid_run_adopts_the_job_and_finishes(kube: KubeAPI, runtime: Run
         third.stop()
 
 
+@pytest.mark.integration
 def test_status_is_computed_from_children_read_after_the_training(kube: KubeAPI, operator: RunningOperator,
                                                                   cluster: Cluster, registries: Registries) -> None:
     """A view of the Pods taken before the Training was read could predate a status another writer
@@ -339,6 +334,7 @@ def test_status_is_computed_from_children_read_after_the_training(kube: KubeAPI,
     assert ("cog.run", "trainings", "get", cluster.namespace, "order") in before, "the Training is read first"
 
 
+@pytest.mark.integration
 def test_lost_status_write_adopts_the_job(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
                                           registries: Registries) -> None:
     """The Job was created but writing the status failed (as if killed between the two): no second Job."""
@@ -354,6 +350,7 @@ def test_lost_status_write_adopts_the_job(kube: KubeAPI, operator: RunningOperat
         kube.emulator.faults.remove(fault)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "fault",
     [
@@ -380,6 +377,7 @@ def test_api_errors_are_retried_and_converge(kube: KubeAPI, runtime: Runtime, cl
         kube.emulator.faults.remove(fault)
 
 
+@pytest.mark.integration
 def test_watch_expired_410_gone_relists_and_converges(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
                                                       registries: Registries) -> None:
     cluster.create_training("before", spec(registries))
@@ -391,9 +389,10 @@ def test_watch_expired_410_gone_relists_and_converges(kube: KubeAPI, operator: R
     assert sorted(j["metadata"]["labels"]["cog.run/training"] for j in cluster.jobs()) == ["after", "before"]
 
 
+@pytest.mark.integration
 def test_registry_down_stays_pending_then_proceeds(kube: KubeAPI, operator: RunningOperator, cluster: Cluster,
                                                    registries: Registries) -> None:
-    from registry_server import FaultyRegistry
+    from support.registry_server import FaultyRegistry
 
     proxy = FaultyRegistry(503, upstream=registries.anonymous.url, failures=1)
     try:
@@ -413,6 +412,7 @@ def test_registry_down_stays_pending_then_proceeds(kube: KubeAPI, operator: Runn
 # --- the command users run -----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cogtrain_operator_command(kube: KubeAPI, cluster: Cluster, registries: Registries, tmp_path: Any) -> None:
     import os
     import signal
@@ -441,6 +441,7 @@ def test_cogtrain_operator_command(kube: KubeAPI, cluster: Cluster, registries: 
     assert code == 0, (tmp_path / "operator.log").read_text()[-3000:]
 
 
+@pytest.mark.unit
 def test_cogtrain_operator_needs_a_scope(capsys: pytest.CaptureFixture[str]) -> None:
     from cogtrain.cli import main
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from cluster_sim import Cluster, RunningOperator, wait_for
-from cogserver import free_port
 from cogtrain import certs
 from cogtrain.crd import training_crd
 from cogtrain.handlers import Runtime
@@ -28,14 +25,18 @@ from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
 from cogtrain.webhook import WebhookConfig
-from conftest import Registries
-from k8s_server import KubeAPI, start_kube_api
-from test_admission import Webhook, training
-from test_chart import COMBINATIONS, FULLNAME, NAMESPACE, rendered_rules
-from test_operator import spec, succeed
+from support.chart import CHART, COMBINATIONS, FULLNAME, NAMESPACE, rendered_rules
+from support.cluster_sim import Cluster, RunningOperator, wait_for
+from support.cogserver import free_port
+from support.k8s_server import KubeAPI, start_kube_api
+from support.registries import Registries
+from support.trainings import spec, succeed
+from support.webhook import Webhook, training
 
-RELEASE_NAMESPACE = NAMESPACE  # the chart's release namespace in test_chart
-CHART_CRDS = Path(__file__).resolve().parent.parent / "charts" / "cog-training-operator" / "crds"
+pytestmark = pytest.mark.integration
+
+RELEASE_NAMESPACE = NAMESPACE  # the chart's release namespace in support.chart
+CHART_CRDS = CHART / "crds"
 TOKEN = "operator-token"
 Call = tuple[str, str, str, str | None, str | None]  # apiGroup, resource(/subresource), verb, namespace, name
 
@@ -143,6 +144,10 @@ def _exercise(kube: KubeAPI, cluster: Cluster, registries: Registries, webhook: 
     cluster.job("stop")
     cluster.patch_training("stop", {"spec": {"cancel": True}})
     cluster.wait_phase("stop", "Canceled")
+    client.SchedulingV1Api(kube.api_client).create_priority_class(
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "gpu-low"}, "value": 10})
+    cluster.create_training("ranked", spec(registries, priorityClassName="gpu-low"))
+    cluster.job("ranked")
     cluster.create_training("queued", spec(registries, suspend=True))
     cluster.job("queued")
     cluster.patch_training("queued", {"spec": {"suspend": False}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterator
@@ -10,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cogtrain.credentials import Keyring, keyring_from_secrets
+from cogtrain.credentials import Keyring
 from cogtrain.reference import parse_reference
 from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind, parse_challenge
 from cogtrain.resolver import ResolvedModel, SchemaResolver
 from cogtrain.schema import parse_schema
-from conftest import USERS, Registries, load_schema_document
-from registry_server import FaultyRegistry
+from support.paths import load_schema_document
+from support.registries import USERS, Registries, keyring
+from support.registry_server import FaultyRegistry
 
 
 def resolve(image: str, keyring: Keyring | None = None, **client_args: object) -> ResolvedModel:
@@ -29,15 +29,7 @@ def failure(image: str, keyring: Keyring | None = None, **client_args: object) -
     return caught.value
 
 
-def keyring(host: str, user: str, password: str, secret: str = "regcred") -> Keyring:
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    data = base64.b64encode(json.dumps({"auths": {host: {"auth": auth}}}).encode()).decode()
-    ring, notes = keyring_from_secrets([{"metadata": {"name": secret}, "type": "kubernetes.io/dockerconfigjson",
-                                         "data": {".dockerconfigjson": data}}])
-    assert notes == []
-    return ring
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("model", ["all-inputs", "hello-train", "training-output", "edge-cases"])
 def test_resolves_fixture_schemas_by_tag(registries: Registries, model: str) -> None:
     host = registries.anonymous.host
@@ -50,39 +42,46 @@ def test_resolves_fixture_schemas_by_tag(registries: Registries, model: str) -> 
     assert json.loads(resolved.labels["run.cog.config"])["train"] == "train.py:train"
 
 
+@pytest.mark.integration
 def test_resolves_by_digest(registries: Registries) -> None:
     digest = registries.digests["all-inputs"]
     resolved = resolve(f"{registries.anonymous.host}/acme/all-inputs@{digest}")
     assert resolved.digest == digest and "steps" in resolved.schema.inputs
 
 
+@pytest.mark.integration
 def test_oci_manifest(registries: Registries) -> None:
     resolved = resolve(f"{registries.anonymous.host}/acme/oci:1.0")
     assert resolved.digest == registries.digests["oci"]
     assert list(resolved.schema.inputs) == ["train_data", "learning_rate", "seed"]
 
 
+@pytest.mark.integration
 def test_index_picks_linux_amd64_and_pins_the_index(registries: Registries) -> None:
     resolved = resolve(f"{registries.anonymous.host}/acme/multi:1.0")
     assert resolved.digest == registries.digests["multi"], "the pinned digest is the index's, as kubelets pull it"
     assert "steps" in resolved.schema.inputs, "the amd64 image's labels, not the arm64 one listed first"
 
 
+@pytest.mark.integration
 def test_index_without_amd64(registries: Registries) -> None:
     error = failure(f"{registries.anonymous.host}/acme/arm-only:1.0")
     assert error.kind is RegistryErrorKind.NO_PLATFORM and not error.retryable
     assert "has no linux/amd64 variant (it has: linux/arm64)" in str(error)
 
 
+@pytest.mark.integration
 def test_other_platform_can_be_chosen(registries: Registries) -> None:
     resolved = resolve(f"{registries.anonymous.host}/acme/arm-only:1.0", platform="linux/arm64")
     assert "steps" in resolved.schema.inputs
 
 
+@pytest.mark.integration
 def test_older_label_name(registries: Registries) -> None:
     assert list(resolve(f"{registries.anonymous.host}/acme/old-label:1.0").schema.inputs) == ["param"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("image", "kind", "message"),
     [
@@ -112,12 +111,14 @@ def private(request: pytest.FixtureRequest, registries: Registries) -> Iterator[
     yield registry.host, registries.digests[f"private-{request.param == 'token'}"]
 
 
+@pytest.mark.integration
 def test_right_credentials(private: tuple[str, str]) -> None:
     host, digest = private
     resolved = resolve(f"{host}/acme/private:1.0", keyring(host, "reader", USERS["reader"]))
     assert resolved.digest == digest
 
 
+@pytest.mark.integration
 def test_wrong_credentials_name_the_secret_and_hide_the_password(private: tuple[str, str]) -> None:
     host, _ = private
     error = failure(f"{host}/acme/private:1.0", keyring(host, "reader", "not-the-password", "team-registry"))
@@ -126,6 +127,7 @@ def test_wrong_credentials_name_the_secret_and_hide_the_password(private: tuple[
     assert "not-the-password" not in str(error) + repr(error)
 
 
+@pytest.mark.integration
 def test_missing_credentials(private: tuple[str, str]) -> None:
     host, _ = private
     error = failure(f"{host}/acme/private:1.0")
@@ -133,18 +135,21 @@ def test_missing_credentials(private: tuple[str, str]) -> None:
     assert "anonymously" in str(error) and "add an imagePullSecret" in str(error)
 
 
+@pytest.mark.integration
 def test_credentials_for_another_registry_are_not_sent(private: tuple[str, str]) -> None:
     host, _ = private
     error = failure(f"{host}/acme/private:1.0", keyring("other.example.com", "reader", USERS["reader"]))
     assert "anonymously" in str(error)
 
 
+@pytest.mark.integration
 def test_rotated_secret_the_second_credential_works(private: tuple[str, str]) -> None:
     host, digest = private
     ring = keyring(host, "reader", "old-password", "old").merged(keyring(host, "reader", USERS["reader"], "new"))
     assert resolve(f"{host}/acme/private:1.0", ring).digest == digest
 
 
+@pytest.mark.integration
 def test_token_flow_asks_for_pull_scope_only(registries: Registries) -> None:
     service = registries.token.token_service
     assert service is not None
@@ -156,6 +161,7 @@ def test_token_flow_asks_for_pull_scope_only(registries: Registries) -> None:
     assert all(r["query"]["service"] == ["test-registry"] for r in asked)
 
 
+@pytest.mark.integration
 def test_cold_lookup_round_trips(registries: Registries) -> None:
     """Anonymous: manifest + config. Bearer: challenge + token + manifest + config, then 3 per image."""
     client = RegistryClient()
@@ -184,6 +190,7 @@ def _tamper(path: Path) -> None:
     path.write_bytes(changed)
 
 
+@pytest.mark.integration
 def test_tampered_config_blob_is_refused(registries: Registries) -> None:
     host = registries.anonymous.host
     config_digest = _config_digest(registries, "acme/tamper-config", registries.digests["tamper-config"])
@@ -193,6 +200,7 @@ def test_tampered_config_blob_is_refused(registries: Registries) -> None:
     assert f"expected {config_digest}" in str(error)
 
 
+@pytest.mark.integration
 def test_tampered_manifest_is_refused(registries: Registries) -> None:
     host = registries.anonymous.host
     digest = registries.digests["tamper-manifest"]
@@ -212,6 +220,7 @@ def _config_digest(registries: Registries, repository: str, digest: str) -> str:
 # --- an unavailable registry is retryable, never a crash ----------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 def test_server_errors_are_retryable(status: int) -> None:
     server = FaultyRegistry(status)
@@ -223,6 +232,7 @@ def test_server_errors_are_retryable(status: int) -> None:
     assert f"answered HTTP {status}; try again later" in str(error)
 
 
+@pytest.mark.integration
 def test_timeout_is_retryable_and_bounded() -> None:
     server = FaultyRegistry(0)
     started = time.monotonic()
@@ -235,15 +245,17 @@ def test_timeout_is_retryable_and_bounded() -> None:
     assert "did not answer within 0.5s" in str(error)
 
 
+@pytest.mark.integration
 def test_connection_refused_is_retryable() -> None:
-    from cogserver import free_port
+    from support.cogserver import free_port
 
     error = failure(f"127.0.0.1:{free_port()}/acme/model:1.0")
     assert error.kind is RegistryErrorKind.UNAVAILABLE and "cannot reach the registry" in str(error)
 
 
+@pytest.mark.integration
 def test_token_service_down_is_retryable(registries: Registries) -> None:
-    from cogserver import free_port
+    from support.cogserver import free_port
 
     client = RegistryClient(timeout=2)
     host = registries.token.host
@@ -257,6 +269,7 @@ def test_token_service_down_is_retryable(registries: Registries) -> None:
 # --- plain HTTP only where Docker allows it ------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("image", "insecure", "scheme"),
     [
@@ -275,6 +288,7 @@ def test_plain_http_for_loopback_and_listed_registries(image: str, insecure: lis
     assert RegistryClient(insecure_registries=insecure).scheme_for(parse_reference(image)) == scheme
 
 
+@pytest.mark.unit
 def test_parse_challenge() -> None:
     bearer = parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
                              'scope="repository:library/ubuntu:pull",error="insufficient_scope"')

@@ -10,8 +10,9 @@ import pytest
 from cogtrain.credentials import Keyring
 from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind
 from cogtrain.resolver import SchemaResolver
-from conftest import USERS, Registries, cog_labels
-from test_registry import keyring
+from support.registries import USERS, Registries, cog_labels, keyring
+
+pytestmark = pytest.mark.integration
 
 
 class Clock:

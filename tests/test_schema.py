@@ -17,7 +17,9 @@ from cogtrain.schema import (
     parse_schema_text,
     python_pattern,
 )
-from conftest import load_schema_document
+from support.paths import load_schema_document
+
+pytestmark = pytest.mark.unit
 
 
 def test_all_inputs_fixture(schemas: dict[str, TrainingSchema]) -> None:

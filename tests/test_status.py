@@ -5,8 +5,13 @@ from __future__ import annotations
 import datetime
 import json
 
+import pytest
+
 from cogtrain.api import Phase
-from cogtrain.status import Observation, advance, conditions, driver_report, observe, weights_of
+from cogtrain.contract import Reason, weights_of
+from cogtrain.status import Observation, Validation, advance, conditions, driver_report, observe
+
+pytestmark = pytest.mark.unit
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 LATER = NOW + datetime.timedelta(minutes=5)
@@ -48,7 +53,7 @@ def test_condition_transition_times_move_only_on_change() -> None:
 
 
 def test_validated_condition_is_carried_over() -> None:
-    first = conditions(Phase.PENDING, "JobCreated", "m", 1, [], NOW, (True, "InputsValid", "ok"))
+    first = conditions(Phase.PENDING, Reason.JOB_CREATED, "m", 1, [], NOW, Validation(True, Reason.INPUTS_VALID, "ok"))
     later = conditions(Phase.RUNNING, "Running", "m", 1, first, LATER)
     assert later[0] == first[0]
 

@@ -10,6 +10,8 @@ import pytest
 from cogtrain.schema import TrainingSchema
 from cogtrain.validation import MAX_DEPTH, show, validate_input
 
+pytestmark = pytest.mark.unit
+
 DATA_URL = "data:text/plain;base64,aGVsbG8="
 BASE = {"train_data": DATA_URL, "caption_prefix": "x"}
 

@@ -17,9 +17,11 @@ from typing import Any, Literal
 import pydantic
 
 from . import api
+from .checks import check
 from .registry import RegistryError
 from .resolver import ResolvedModel
-from .validation import model_problems, validate_input
+from .settings import Settings
+from .validation import model_problems
 
 FailurePolicy = Literal["Ignore", "Fail"]
 
@@ -45,7 +47,7 @@ def review_create(
     body: Mapping[str, Any],
     resolve: Callable[[str], ResolvedModel],
     failure_policy: FailurePolicy = "Ignore",
-    default_destination: str | None = None,
+    settings: Settings = Settings(),  # noqa: B008  (frozen: one shared default is safe)
 ) -> Decision:
     """Admit a new Training whose spec is well-formed and whose inputs the model accepts.
 
@@ -56,12 +58,7 @@ def review_create(
     except pydantic.ValidationError as error:
         return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(map(str, model_problems(error))))
     spec = training.spec
-    problems: list[str] = []
-    if not (spec.destination or default_destination):
-        problems.append(
-            "spec.destination: not set and the operator has no default destination "
-            "(set it to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)"
-        )
+    problems = [str(problem) for problem in check(training, None, settings).problems]
     try:
         model = resolve(spec.model)
     except (LookupTimeout, RegistryError) as error:
@@ -76,14 +73,17 @@ def review_create(
         return Decision(True, "unchecked", warnings=[
             f"the inputs were not checked ({reason}); the operator checks them before the training starts"
         ])
-    result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
-    problems += [str(problem) for problem in result.problems]
-    warnings = [str(warning) for warning in result.warnings]
-    if problems:
-        return Decision(
-            False, "denied", f"{_name(body)} is invalid for {model.pinned}: " + "; ".join(problems), warnings
-        )
+    checked = check(training, model, settings)
+    warnings = [str(warning) for warning in checked.warnings]
+    if not checked.ok:
+        message = f"{_name(body)} is invalid for {model.pinned}: " + "; ".join(map(str, checked.problems))
+        return Decision(False, "denied", message, warnings)
     return Decision(True, "allowed", warnings=warnings)
+
+
+def deny_access(body: Mapping[str, Any], refused: list[str]) -> Decision:
+    """A create denied because its creator lacks permissions the Training would use (see `access`)."""
+    return Decision(False, "denied", f"{_name(body)} is not allowed: " + "; ".join(refused))
 
 
 def review_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Decision:

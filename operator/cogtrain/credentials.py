@@ -18,9 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client import CoreV1Api
-from kubernetes.client.exceptions import ApiException
-
 from .documents import DocumentError, read_text
 from .reference import ImageReference
 
@@ -171,38 +168,3 @@ def keyring_from_file(path: str) -> Keyring:
         return Keyring.from_docker_config(json.loads(read_text(path)), path)
     except ValueError as error:
         raise DocumentError(f"{path}: not a docker config.json ({error})") from None
-
-
-def read_pull_secrets(
-    core: CoreV1Api, namespace: str, names: Iterable[str], service_account: str | None = "default",
-    timeout: float = 30.0,
-) -> tuple[Keyring, list[str]]:
-    """The keyring of a Pod's pull secrets: those named, then its service account's, as the kubelet merges them.
-
-    A Secret or service account that is missing or unreadable is noted, not fatal (the kubelet
-    pulls without it too); other API errors propagate so the caller retries.
-    """
-    wanted = list(dict.fromkeys(names))
-    notes: list[str] = []
-    if service_account:
-        try:
-            account = core.read_namespaced_service_account(service_account, namespace, _request_timeout=timeout)
-            wanted += [ref.name for ref in account.image_pull_secrets or [] if ref.name and ref.name not in wanted]
-        except ApiException as error:
-            if error.status not in (403, 404):
-                raise
-            notes.append(f'service account "{service_account}" could not be read (HTTP {error.status})')
-    secrets = []
-    for name in wanted:
-        try:
-            secret = core.read_namespaced_secret(name, namespace, _request_timeout=timeout)
-            secrets.append(secret.to_dict(serialize=True))
-        except ApiException as error:
-            if error.status == 404:
-                notes.append(f'secret "{name}" not found in namespace {namespace}')
-            elif error.status == 403:
-                notes.append(f'secret "{name}" cannot be read: the operator is not allowed to (HTTP 403)')
-            else:
-                raise
-    keyring, secret_notes = keyring_from_secrets(secrets)
-    return keyring, notes + secret_notes

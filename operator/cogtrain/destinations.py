@@ -20,17 +20,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from .jobs import ExitCode
+from .contract import EXIT_CODES, Reason
 
 
 class DriverError(Exception):
-    """A training that did not succeed: `reason` and `exit_code` as in docs/driver.md."""
+    """A training that did not succeed: its reason, and the exit code the contract gives that reason."""
 
-    def __init__(self, reason: str, message: str, exit_code: int) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.exit_code = exit_code
+        self.exit_code = EXIT_CODES[reason]
 
 
 def safe_name(name: str) -> str:
@@ -41,9 +41,7 @@ def safe_name(name: str) -> str:
 
 
 def _unwritable(uri: str, why: str) -> DriverError:
-    return DriverError(
-        "DestinationUnwritable", f"cannot write to the destination {uri}: {why}", ExitCode.DESTINATION_UNWRITABLE
-    )
+    return DriverError(Reason.DESTINATION_UNWRITABLE, f"cannot write to the destination {uri}: {why}")
 
 
 class Destination(Protocol):
@@ -234,16 +232,14 @@ def destination_for(
             break
     else:
         raise DriverError(
-            "DestinationUnwritable",
+            Reason.DESTINATION_UNWRITABLE,
             f"the destination {uri or '(none)'} is not supported (use s3://BUCKET/PREFIX or pvc://CLAIM/PATH)",
-            ExitCode.DESTINATION_UNWRITABLE,
         )
     parts = [p for p in sub.split("/") if p] + [namespace, name]
     if not head or any(part in (".", "..") for part in parts):
         raise DriverError(
-            "DestinationUnwritable",
+            Reason.DESTINATION_UNWRITABLE,
             f"the destination {uri} needs a {'bucket' if scheme == 's3://' else 'claim'} and no . or .. in its path",
-            ExitCode.DESTINATION_UNWRITABLE,
         )
     if scheme == "s3://":
         return S3Destination(head, "/".join(parts), environ)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import shutil
@@ -21,21 +22,44 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-import requests
-
+from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, DriverReport, Reason
 from .destinations import Destination, DriverError, safe_name
-from .jobs import ExitCode
-from .status import weights_of
 
 UPLOAD_SCHEME = "cogtrain-upload://"
-TERMINATION_LIMIT = 4096
 _CHUNK = 1024 * 1024
+
+
+class HttpError(OSError):
+    """The model server could not be reached or did not answer in time."""
+
+
+def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request with a JSON body to the model server: (status, body). Raises HttpError.
+
+    The standard library's client, not `requests`: the driver starts in every training Pod and
+    should be ready in a fraction of a second with little memory.
+    """
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    payload = None if body is None else json.dumps(body).encode()
+    sent = dict(headers or {})
+    if payload is not None:
+        sent["Content-Type"] = "application/json"
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), payload, sent)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as error:
+        raise HttpError(str(error) or type(error).__name__) from None
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -82,7 +106,9 @@ class Receiver:
                 path = receiver.upload_path(name)
                 remaining = int(self.headers.get("Content-Length") or 0)
                 started = time.monotonic()
-                with path.open("wb") as out:
+                # A new file ("x"): reopening an existing one with truncation makes ext4 flush the
+                # whole file to disk on close (auto_da_alloc), a third of the receive rate.
+                with path.open("xb") as out:
                     if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                         while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
                             shutil.copyfileobj(_Limited(self.rfile, size), out, _CHUNK)
@@ -117,8 +143,7 @@ class Receiver:
             while path.exists() or path.name in self.state.uploads:
                 counter += 1
                 path = self.scratch / f"{Path(name).stem}-{counter}{Path(name).suffix}"
-            self.state.uploads[path.name] = path
-            path.touch()
+            self.state.uploads[path.name] = path  # reserved here; the file is created new by its writer
         return path
 
     def webhook(self, payload: dict[str, Any]) -> None:
@@ -213,12 +238,10 @@ class Driver:
             state = receiver.state
             self.metrics = dict(state.metrics)
             if state.status == "canceled" or self.cancel_requested.is_set():
-                raise DriverError("Canceled", "the training was canceled", ExitCode.CANCELED)
+                raise DriverError(Reason.CANCELED, "the training was canceled")
             if state.status == "failed":
                 raise DriverError(
-                    "TrainingFailed",
-                    f"the model's training failed: {state.error or 'no error given'}",
-                    ExitCode.TRAINING_FAILED,
+                    Reason.TRAINING_FAILED, f"the model's training failed: {state.error or 'no error given'}"
                 )
             return self._store(state.output, receiver)
         finally:
@@ -228,7 +251,7 @@ class Driver:
     def _wait_ready(self) -> None:
         def canceled() -> DriverError | None:
             if self.cancel_requested.is_set():
-                return DriverError("Canceled", "the training was canceled before it started", ExitCode.CANCELED)
+                return DriverError(Reason.CANCELED, "the training was canceled before it started")
             return None
 
         wait_ready(self.model_url, self.setup_timeout, self.log, self.progress, canceled)
@@ -240,42 +263,33 @@ class Driver:
             "webhook_events_filter": ["start", "output", "logs", "completed"],
         }
         try:
-            response = requests.put(
-                f"{self.model_url}/trainings/{self.training_id}",
-                json=body,
-                headers={"Prefer": "respond-async"},
-                timeout=30,
+            code, answer = call(
+                "PUT", f"{self.model_url}/trainings/{self.training_id}", body, {"Prefer": "respond-async"}
             )
-        except requests.RequestException as error:
-            raise DriverError(
-                "ModelUnreachable", f"cannot submit the training: {error}", ExitCode.MODEL_UNREACHABLE
-            ) from None
-        if response.status_code == 422:
+        except HttpError as error:
+            raise DriverError(Reason.MODEL_UNREACHABLE, f"cannot submit the training: {error}") from None
+        if code == 422:
             try:
-                details = [f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in response.json()["detail"]]
+                details = [
+                    f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in json.loads(answer)["detail"]
+                ]
             except (ValueError, KeyError, TypeError):
-                details = [response.text[:500]]
-            raise DriverError(
-                "InputRejected", "the model rejected the input: " + "; ".join(details), ExitCode.INPUT_REJECTED
-            )
-        if response.status_code >= 300:
-            raise DriverError(
-                "ModelUnreachable", f"the model server answered HTTP {response.status_code}", ExitCode.MODEL_UNREACHABLE
-            )
+                details = [answer[:500].decode(errors="replace")]
+            raise DriverError(Reason.INPUT_REJECTED, "the model rejected the input: " + "; ".join(details))
+        if code >= 300:
+            raise DriverError(Reason.MODEL_UNREACHABLE, f"the model server answered HTTP {code}")
 
     def _cancel(self, receiver: Receiver) -> None:
         try:
-            requests.post(f"{self.model_url}/trainings/{self.training_id}/cancel", timeout=5)
-        except requests.RequestException:
+            call("POST", f"{self.model_url}/trainings/{self.training_id}/cancel", timeout=5)
+        except HttpError:
             receiver.state.done.set()
         receiver.state.done.wait(self.cancel_grace)
         receiver.state.done.set()
 
     def _shutdown(self) -> None:
-        try:
-            requests.post(f"{self.model_url}/shutdown", timeout=5)
-        except requests.RequestException:
-            pass  # already gone
+        with contextlib.suppress(HttpError):  # already gone
+            call("POST", f"{self.model_url}/shutdown", timeout=5)
 
     def _store(self, output: Any, receiver: Receiver) -> Any:
         """Replace every uploaded or inline (data:) file in the output by its stored URI."""
@@ -285,7 +299,13 @@ class Driver:
             return {key: self._store(value, receiver) for key, value in output.items()}
         if isinstance(output, str) and output.startswith(UPLOAD_SCHEME):
             name = output[len(UPLOAD_SCHEME) :]
-            return self.destination.put(receiver.state.uploads[name], name)
+            upload = receiver.state.uploads.get(name)
+            if upload is None:
+                raise DriverError(
+                    Reason.TRAINING_FAILED,
+                    f"the model's output names an uploaded file that never arrived: {name[:200]}",
+                )
+            return self.destination.put(upload, name)
         if isinstance(output, str) and output.startswith("data:"):
             path = receiver.upload_path("output")
             decode_data_url(output, path)
@@ -311,9 +331,11 @@ def wait_ready(
         if error is not None:
             raise error
         try:
-            health = requests.get(f"{model_url}/health-check", timeout=5).json()
+            health = json.loads(call("GET", f"{model_url}/health-check", timeout=5)[1])
             answered = True
-        except (requests.RequestException, ValueError):
+        except (HttpError, ValueError):
+            health = {}
+        if not isinstance(health, dict):
             health = {}
         status = health.get("status")
         if status == "READY":
@@ -321,17 +343,13 @@ def wait_ready(
         if status == "SETUP_FAILED":
             logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
             log.write("\n".join(logs) + "\n")
-            raise DriverError(
-                "SetupFailed", "the model's setup failed: " + (logs[-1] if logs else "no logs"), ExitCode.SETUP_FAILED
-            )
+            raise DriverError(Reason.SETUP_FAILED, "the model's setup failed: " + (logs[-1] if logs else "no logs"))
         if progress is not None:
             progress(time.monotonic() - started, str(status or "starting"))
         time.sleep(0.2)
     if not answered:
-        raise DriverError(
-            "ModelUnreachable", f"the model server at {model_url} never answered", ExitCode.MODEL_UNREACHABLE
-        )
-    raise DriverError("SetupFailed", f"the model was not ready within {setup_timeout:g} s", ExitCode.SETUP_FAILED)
+        raise DriverError(Reason.MODEL_UNREACHABLE, f"the model server at {model_url} never answered")
+    raise DriverError(Reason.SETUP_FAILED, f"the model was not ready within {setup_timeout:g} s")
 
 
 def decode_data_url(url: str, path: Path) -> None:
@@ -343,9 +361,7 @@ def decode_data_url(url: str, path: Path) -> None:
                 try:
                     out.write(base64.b64decode(payload[start : start + 4 * _CHUNK]))
                 except binascii.Error:
-                    raise DriverError(
-                        "TrainingFailed", "the model returned a malformed data: URL", ExitCode.TRAINING_FAILED
-                    ) from None
+                    raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL") from None
         else:
             out.write(urllib.parse.unquote_to_bytes(payload))
 
@@ -353,42 +369,35 @@ def decode_data_url(url: str, path: Path) -> None:
 def termination_message(
     output: Any, error: DriverError | None, destination: Destination | None, metrics: dict[str, Any] | None = None
 ) -> str:
-    """The JSON the operator reads (docs/driver.md), within Kubernetes' 4096-byte limit.
+    """The report the operator reads (contract.DriverReport), within the termination message's limit.
 
     Too long with the model's metrics: they are left out; still too long: the output is stored as
-    output.json at the destination and referenced.
+    output.json at the destination and referenced; failures are cut to fit by encoded bytes.
     """
     if error is not None:
-        message = {"status": "failed", "reason": error.reason, "message": error.message[:3500]}
-        return json.dumps(message)
-    report: dict[str, Any] = {"status": "succeeded", "output": output}
-    weights = weights_of(output)
-    if weights:
-        report["weights"] = weights
-    if metrics and len(json.dumps({**report, "metrics": metrics}).encode()) <= TERMINATION_LIMIT:
-        report["metrics"] = metrics
-    text = json.dumps(report)
-    if len(text.encode()) > TERMINATION_LIMIT and destination is not None:
+        return DriverReport.failure(error.reason, error.message).encode()
+    report = DriverReport.success(output, metrics)
+    if not report.fits():
+        report = DriverReport.success(output)
+    if not report.fits() and destination is not None:
         with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:
             json.dump(output, handle)
-        report["output"] = {"$ref": destination.put(Path(handle.name), "output.json")}
-        text = json.dumps(report)
-    return text
+        stored = {"$ref": destination.put(Path(handle.name), "output.json")}
+        report = report.model_copy(update={"output": stored, "weights": report.weights})
+        if not report.fits():  # the weights' own URI is what does not fit: the output.json names it
+            report = report.model_copy(update={"weights": None})
+    return report.encode()
 
 
-INPUT_PREFIX = "COGTRAIN_INPUT_"
-SECRET_PREFIX = "COGTRAIN_SECRET_INPUT_"
-
-
-def inputs_from_env(environ: dict[str, str]) -> dict[str, Any]:
+def inputs_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """The inputs the Job passes (docs/driver.md): JSON values, and Secret values as they are."""
     inputs: dict[str, Any] = {}
     for key, value in environ.items():
-        if key.startswith(SECRET_PREFIX):
-            inputs[key[len(SECRET_PREFIX) :]] = value
-        elif key.startswith(INPUT_PREFIX):
+        if key.startswith(SECRET_ENV_PREFIX):
+            inputs[key[len(SECRET_ENV_PREFIX) :]] = value
+        elif key.startswith(INPUT_ENV_PREFIX):
             try:
-                inputs[key[len(INPUT_PREFIX) :]] = json.loads(value)
+                inputs[key[len(INPUT_ENV_PREFIX) :]] = json.loads(value)
             except ValueError:
-                raise DriverError("InputRejected", f"{key} is not JSON", ExitCode.INPUT_REJECTED) from None
+                raise DriverError(Reason.INPUT_REJECTED, f"{key} is not JSON") from None
     return inputs

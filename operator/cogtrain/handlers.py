@@ -12,25 +12,28 @@ Deleting a Training deletes its Job through the ownerReference (no finalizer).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import kopf
 import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from . import admission, api, metrics, webhook
-from .credentials import read_pull_secrets
+from . import access, admission, api, metrics, preflight, webhook
+from .checks import check
+from .contract import Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
+from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
 from .settings import Settings
-from .status import TERMINAL, Observation, advance, observe, status_patch
-from .validation import model_problems, validate_input
+from .status import TERMINAL, Observation, Validation, advance, observe, status_patch
+from .validation import model_problems
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -54,6 +57,10 @@ class ApiClients:
     @property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api_client)
+
+    @property
+    def scheduling(self) -> client.SchedulingV1Api:
+        return client.SchedulingV1Api(self.api_client)
 
 
 @dataclass
@@ -137,9 +144,9 @@ def _status_patch(
     runtime: Runtime,
     body: Mapping[str, Any],
     phase: api.Phase,
-    reason: str,
+    reason: Reason,
     message: str,
-    validated: tuple[bool | None, str, str] | None,
+    validated: Validation | None,
     **fields: Any,
 ) -> dict[str, Any]:
     """`status_patch` for this Training, as it stands now."""
@@ -148,10 +155,33 @@ def _status_patch(
     return status_patch(phase, reason, message, generation, previous, runtime.now(), validated, **fields)
 
 
-def _fail(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
-    patch.status.update(_status_patch(runtime, body, api.Phase.FAILED, reason, message, (False, reason, message)))
+def _fail(
+    runtime: Runtime, body: kopf.Body, patch: kopf.Patch, reason: Reason, message: str, validated: bool = True
+) -> None:
+    """Failed before (or instead of) running; `validated` False leaves the Validated condition as it was."""
+    refused = Validation(False, reason, message) if validated else None
+    patch.status.update(_status_patch(runtime, body, api.Phase.FAILED, reason, message, refused))
     kopf.warn(body, reason=reason, message=message)
-    LOGGER.info("Training %s/%s failed validation: %s", body.meta.namespace, body.meta.name, message)
+    LOGGER.info("Training %s/%s failed: %s", body.meta.namespace, body.meta.name, message)
+
+
+def _wait(
+    runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int, reason: Reason, message: str,
+    validated: Validation | None = None,
+) -> NoReturn:
+    """Pending, saying why, and retried with backoff (5 s doubling to 5 min)."""
+    patch.status.update(_status_patch(runtime, body, api.Phase.PENDING, reason, message, validated))
+    raise kopf.TemporaryError(message, delay=min(300, 5 * 2 ** min(retry, 6)))
+
+
+def _api_message(what: str, error: ApiException) -> str:
+    """One sentence from an API error: its own message, bounded (it may quote the object)."""
+    try:
+        detail = str(json.loads(error.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        detail = ""
+    detail = detail or str(error.reason or f"HTTP {error.status}")
+    return f"{what} (HTTP {error.status}): {detail[:1000]}"
 
 
 def _owned_by(obj: Mapping[str, Any] | None, uid: str | None) -> bool:
@@ -193,9 +223,9 @@ def _announce(body: Mapping[str, Any], before: str | None, after: Mapping[str, A
     message = after.get("error") or ready.get("message") or str(phase)
     target = cast(kopf.Body, body)
     if phase == api.Phase.FAILED.value:
-        kopf.warn(target, reason="Failed", message=message)
+        kopf.warn(target, reason=Reason.FAILED, message=message)
     else:
-        kopf.info(target, reason=str(phase), message=message)
+        kopf.info(target, reason=Reason(str(phase)), message=message)
 
 
 @kopf.on.resume(*TRAININGS)
@@ -209,7 +239,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     try:
         training = api.Training.model_validate(dict(body))
     except pydantic.ValidationError as error:
-        _fail(runtime, body, patch, "InvalidSpec", "; ".join(map(str, model_problems(error))))
+        _fail(runtime, body, patch, Reason.INVALID_SPEC, "; ".join(map(str, model_problems(error))))
         return
     namespace = training.metadata.namespace or "default"
     if training.spec.cancel:
@@ -219,6 +249,10 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     existing = _read_job(runtime, namespace, job_name(training))
     if existing is not None and _owned_by(existing, training.metadata.uid):
         _adopt(runtime, body, training, existing)
+        return
+    if status.get("jobName"):  # it had a Job, which is gone: never a second one
+        lost = lost_job(str(status["jobName"]))
+        _fail(runtime, body, patch, lost.reason, lost.message, validated=False)
         return
 
     spec = training.spec
@@ -230,39 +264,34 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         model = runtime.resolver.resolve(spec.model, keyring)
     except RegistryError as error:
         message = str(error) + (f" ({'; '.join(notes)})" if notes else "")
+        reason = Reason(error.kind.value)
         if not error.retryable:
-            _fail(runtime, body, patch, error.kind.value, message)
+            _fail(runtime, body, patch, reason, message)
             return
-        patch.status.update(
-            _status_patch(
-                runtime, body, api.Phase.PENDING, error.kind.value, message, (None, error.kind.value, message)
-            )
-        )
-        raise kopf.TemporaryError(message, delay=min(300, 5 * 2 ** min(retry, 6))) from None
+        _wait(runtime, body, patch, retry, reason, message, Validation(None, reason, message))
 
-    result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
-    for warning in result.warnings:
-        kopf.warn(body, reason="DeprecatedInput", message=str(warning))
-    if not result.ok:
-        _fail(runtime, body, patch, "InvalidInput", "; ".join(str(p) for p in result.problems))
-        return
-    if not (spec.destination or runtime.settings.default_destination):
-        _fail(
-            runtime,
-            body,
-            patch,
-            "NoDestination",
-            "spec.destination is not set and the operator has no default destination "
-            "(set spec.destination to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)",
-        )
+    checked = check(training, model, runtime.settings)
+    for warning in checked.warnings:
+        kopf.warn(body, reason=Reason.DEPRECATED_INPUT, message=str(warning))
+    if not checked.ok:
+        _fail(runtime, body, patch, checked.reason, "; ".join(map(str, checked.problems)))
         return
 
-    manifest = build_job(training, model.pinned, result.input, runtime.settings)
+    absent = preflight.missing(runtime.core, runtime.scheduling, namespace, spec, runtime.request_timeout)
+    if absent is not None:
+        _wait(runtime, body, patch, retry, *absent)
+
+    manifest = build_job(training, model.pinned, checked.input, runtime.settings)
     try:
         runtime.batch.create_namespaced_job(
             namespace, cast(client.V1Job, manifest), _request_timeout=runtime.request_timeout
         )
     except ApiException as error:
+        if error.status in (400, 422):  # the API server will never take this Job: say why, once
+            _fail(runtime, body, patch, Reason.JOB_REJECTED, _api_message("the Job was refused", error))
+            return
+        if error.status == 403:  # a quota or policy: it may allow the Job later
+            _wait(runtime, body, patch, retry, Reason.JOB_REJECTED, _api_message("the Job is not allowed yet", error))
         if error.status != 409:
             raise
         existing = _read_job(runtime, namespace, manifest["metadata"]["name"])
@@ -275,7 +304,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
                 runtime,
                 body,
                 patch,
-                "JobConflict",
+                Reason.JOB_CONFLICT,
                 f"a Job named {manifest['metadata']['name']} already exists and does not belong to this Training",
             )
             return
@@ -284,14 +313,14 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         runtime,
         body,
         api.Phase.PENDING,
-        "JobCreated",
+        Reason.JOB_CREATED,
         message,
-        (True, "InputsValid", f"the inputs match the training schema of {model.pinned}"),
+        Validation(True, Reason.INPUTS_VALID, f"the inputs match the training schema of {model.pinned}"),
         imageDigest=model.pinned,
         jobName=manifest["metadata"]["name"],
     )
     _record_job(runtime, training, fields)
-    kopf.info(body, reason="JobCreated", message=message)
+    kopf.info(body, reason=Reason.JOB_CREATED, message=message)
 
 
 def _record_job(runtime: Runtime, training: api.Training, fields: dict[str, Any]) -> None:
@@ -328,9 +357,9 @@ def _adopt(
         runtime,
         body,
         api.Phase.PENDING,
-        "JobAdopted",
+        Reason.JOB_ADOPTED,
         f"adopted the existing Job {job['metadata']['name']}",
-        (True, "InputsValid", "the Job was created from validated inputs"),
+        Validation(True, Reason.INPUTS_VALID, "the Job was created from validated inputs"),
         jobName=job["metadata"]["name"],
     )
     _record_job(runtime, training, fields)
@@ -356,8 +385,8 @@ def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
         if error.status != 404:
             raise
     message = "the training was canceled (spec.cancel); its Job was deleted"
-    patch.status.update(_status_patch(runtime, body, api.Phase.CANCELED, "Canceled", message, None))
-    kopf.info(body, reason="Canceled", message=message)
+    patch.status.update(_status_patch(runtime, body, api.Phase.CANCELED, Reason.CANCELED, message, None))
+    kopf.info(body, reason=Reason.CANCELED, message=message)
 
 
 @kopf.on.field(*TRAININGS, field="spec.cancel", new=True)
@@ -412,11 +441,18 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             raise
         meta = training["metadata"]
         status = training.get("status") or {}
+        if not status.get("jobName"):
+            return  # no Job made by this Training yet
         jobs, pods = children()
         job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
-        if job is None or not status.get("jobName"):
-            return  # not created by this Training yet, or deleted (cancel, TTL): the status stays as it is
-        observation: Observation = observe(job, pods, (training.get("spec") or {}).get("activeDeadlineSeconds"))
+        if job is None:
+            observation = _without_job(runtime, namespace, training)
+            if observation is None:
+                return
+        else:
+            uid = (job.get("metadata") or {}).get("uid")
+            owned = [pod for pod in pods if _owned_by(pod, uid)]  # a Pod that only wears the labels decides nothing
+            observation = observe(job, owned, (training.get("spec") or {}).get("activeDeadlineSeconds"))
         update = advance(status, observation, meta.get("generation"), runtime.now())
         if not update:
             return
@@ -431,6 +467,31 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             raise
         _announce(training, status.get("phase"), update)
         return
+
+
+def _without_job(runtime: Runtime, namespace: str, training: Mapping[str, Any]) -> Observation | None:
+    """The status names a Job that is gone. Canceled, being deleted or finished: nothing to say.
+    Otherwise, once a fresh read confirms it, the Job was lost (deleted by hand, or by its TTL while
+    the operator was down): the training is not run again, since its output may already exist."""
+    status, spec = training.get("status") or {}, training.get("spec") or {}
+    if status.get("phase") in FINISHED or spec.get("cancel") or (training.get("metadata") or {}).get(
+        "deletionTimestamp"
+    ):
+        return None
+    name = str(status.get("jobName"))
+    found = _read_job(runtime, namespace, name)
+    if found is not None and _owned_by(found, (training.get("metadata") or {}).get("uid")):
+        return None  # only the view was behind; the Job's own event follows
+    return lost_job(name)
+
+
+def lost_job(name: str) -> Observation:
+    return Observation(
+        api.Phase.FAILED,
+        Reason.JOB_LOST,
+        f"the training's Job {name} no longer exists (deleted, or removed by ttlSecondsAfterFinished while the "
+        "operator was not running); the training is not run again: create a new Training to train again",
+    )
 
 
 def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:
@@ -466,7 +527,7 @@ def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwa
 @kopf.on.validate(*TRAININGS, id=webhook.WEBHOOK_PATH, operations=["CREATE", "UPDATE"])
 def admit(
     body: kopf.Body, warnings: list[str], memo: kopf.Memo,
-    old: kopf.Body | None = None, operation: str | None = None, **_: Any,
+    old: kopf.Body | None = None, operation: str | None = None, userinfo: Mapping[str, Any] | None = None, **_: Any,
 ) -> None:
     """The validating webhook: bad Trainings are refused at `kubectl apply`, not on a GPU node."""
     runtime = _runtime(memo)
@@ -475,13 +536,16 @@ def admit(
         decision = admission.review_update(old, body)
     else:
         spec = body.get("spec") or {}
-        secrets = tuple(str(s.get("name")) for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict))
-        resolve = runtime.lookups.for_training(
-            body.get("metadata", {}).get("namespace") or "default", secrets,
-            spec.get("serviceAccountName") or "default",
-        )
-        policy = runtime.webhook_config.failure_policy if runtime.webhook_config else "Ignore"
-        decision = admission.review_create(body, resolve, policy, runtime.settings.default_destination)
+        namespace = body.get("metadata", {}).get("namespace") or "default"
+        # Permissions first: no Secret the creator may not read is used, even to read the model's schema.
+        refused = access.check(runtime.api_client, userinfo, namespace, spec if isinstance(spec, dict) else {})
+        if refused:
+            decision = admission.deny_access(body, refused)
+        else:
+            secrets = tuple(str(s.get("name")) for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict))
+            resolve = runtime.lookups.for_training(namespace, secrets, spec.get("serviceAccountName") or "default")
+            policy = runtime.webhook_config.failure_policy if runtime.webhook_config else "Ignore"
+            decision = admission.review_create(body, resolve, policy, runtime.settings)
     metrics.ADMISSIONS.labels(operation or "", decision.decision).inc()
     metrics.ADMISSION_LATENCY.labels(operation or "").observe(time.perf_counter() - started)
     warnings.extend(decision.warnings)

@@ -16,19 +16,22 @@ import re
 from typing import Any
 
 from .api import API_VERSION, KIND, SecretKeySelector, Training
+from .contract import (
+    DESTINATION_MOUNT,
+    DRIVER_CONTAINER,
+    DRIVER_PORT,
+    INPUT_ENV_PREFIX,
+    LOOPBACK,
+    MODEL_CONTAINER,
+    MODEL_PORT,
+    S3_ENV,
+    S3_REQUIRED,
+    SCRATCH_MOUNT,
+    SECRET_ENV_PREFIX,
+    TERMINATION_LOG,
+    ExitCode,
+)
 from .settings import Settings
-
-MODEL_CONTAINER = "model"
-DRIVER_CONTAINER = "driver"
-MODEL_PORT = 5000
-DRIVER_PORT = 5080
-INPUT_ENV_PREFIX = "COGTRAIN_INPUT_"
-SECRET_ENV_PREFIX = "COGTRAIN_SECRET_INPUT_"
-# The s3:// destination's settings, under the AWS SDKs' own names: the Job takes them from the
-# Secret named by spec.destinationSecretRef, and the driver reads them (docs/driver.md).
-S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
-DESTINATION_MOUNT = "/destination"
-SCRATCH_MOUNT = "/scratch"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -36,20 +39,6 @@ LABEL_TRAINING = "cog.run/training"
 MANAGED_BY = "cog-training-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PASSED_THROUGH_LABELS = (KUEUE_QUEUE_LABEL, "kueue.x-k8s.io/priority-class")
-
-
-class ExitCode:
-    """The driver's exit codes; all but 0 are final (the Job's podFailurePolicy fails the Job)."""
-
-    SUCCEEDED = 0
-    TRAINING_FAILED = 10
-    SETUP_FAILED = 11
-    INPUT_REJECTED = 12
-    DESTINATION_UNWRITABLE = 13
-    CANCELED = 14
-    MODEL_UNREACHABLE = 15
-
-    FINAL = (10, 11, 12, 13, 14, 15)
 
 
 def job_name(training: Training) -> str:
@@ -90,11 +79,16 @@ def _input_env(inputs: dict[str, Any], secret_inputs: dict[str, SecretKeySelecto
 
 
 def _destination_env(destination: str, secret: str | None) -> list[dict[str, Any]]:
-    """An s3:// destination's settings from its Secret, by reference: no value is ever in the Job."""
+    """An s3:// destination's settings from its Secret, by reference: no value is ever in the Job.
+
+    The access key pair is required: a Secret that is missing or lacks it stops the Pod at
+    CreateContainerConfigError (shown in the Training's status) instead of silently falling back
+    to whatever identity the node has. The other settings are optional.
+    """
     if not destination.startswith("s3://") or not secret:
         return []
     return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": key not in S3_REQUIRED}}}
         for key in S3_ENV
     ]
 
@@ -162,20 +156,18 @@ def build_job(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",  # a native sidecar: it stops when the driver is done
-        # The image's ENTRYPOINT (tini) stays; these replace its CMD.
+        # The image's ENTRYPOINT (tini) stays; these replace its CMD. The server listens on the Pod's
+        # loopback only: it answers anyone who can reach it with the training's input, secrets
+        # included, and stops on an unauthenticated POST /shutdown. The driver, in the same Pod,
+        # is its only client and waits for its setup itself (no kubelet probe can reach loopback).
         "args": [
             "python", "-m", "cog.server.http", "--x-mode", "train",
+            "--host", LOOPBACK,
             "--await-explicit-shutdown", "true",
-            "--upload-url", f"http://127.0.0.1:{DRIVER_PORT}/upload/",
+            "--upload-url", f"http://{LOOPBACK}:{DRIVER_PORT}/upload/",
         ],
         "env": [{"name": "PORT", "value": str(MODEL_PORT)}],
-        "ports": [{"name": "cog", "containerPort": MODEL_PORT, "protocol": "TCP"}],
         "resources": _model_resources(training, settings),
-        "startupProbe": {
-            "httpGet": {"path": "/health-check", "port": MODEL_PORT},
-            "periodSeconds": 5,
-            "failureThreshold": 120,
-        },
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
     driver = {
@@ -186,8 +178,8 @@ def build_job(
         "command": ["cogtrain"],
         "args": [
             "drive",
-            f"--model-url=http://127.0.0.1:{MODEL_PORT}",
-            f"--listen=127.0.0.1:{DRIVER_PORT}",
+            f"--model-url=http://{LOOPBACK}:{MODEL_PORT}",
+            f"--listen={LOOPBACK}:{DRIVER_PORT}",
             f"--training-id={meta.uid or name}",
             f"--destination={destination}",
             f"--destination-root={DESTINATION_MOUNT}",
@@ -201,7 +193,7 @@ def build_job(
         + _input_env(inputs, secret_inputs)
         + _destination_env(destination, destination_secret),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "securityContext": {
             "runAsNonRoot": True,
@@ -216,6 +208,9 @@ def build_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # No Service's address in the environment: a Service named like an input would otherwise
+        # inject COGTRAIN_INPUT_..._SERVICE_HOST into the driver's inputs.
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "automountServiceAccountToken": spec.automount_service_account_token,
         "initContainers": [model],
@@ -251,7 +246,7 @@ def build_job(
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
-                                    "values": list(ExitCode.FINAL)},
+                                    "values": ExitCode.final()},
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]

@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 import yaml
 
+from .contract import Reason
 from .destinations import DriverError, LocalDestination
 from .driver import Driver, decode_data_url, wait_ready
-from .jobs import ExitCode
 from .schema import InputSpec, TrainingSchema, parse_schema
 
 
@@ -195,7 +195,7 @@ def run_prediction(model_dir: Path, inputs: dict[str, Any], weights: Path | None
     def exited() -> DriverError | None:
         if server.poll() is None:
             return None
-        return DriverError("SetupFailed", "the model server exited during setup", ExitCode.SETUP_FAILED)
+        return DriverError(Reason.SETUP_FAILED, "the model server exited during setup")
 
     try:
         wait_ready(url, setup_timeout, err, _progress(err), exited)
@@ -203,7 +203,7 @@ def run_prediction(model_dir: Path, inputs: dict[str, Any], weights: Path | None
         body = answer.json()
         if answer.status_code == 422 or body.get("status") != "succeeded":
             detail = body.get("error") or body.get("detail") or answer.text[:500]
-            raise DriverError("PredictionFailed", f"the prediction failed: {detail}", ExitCode.TRAINING_FAILED)
+            raise DriverError(Reason.PREDICTION_FAILED, f"the prediction failed: {detail}")
         output = body.get("output")
         if isinstance(output, str) and output.startswith("data:"):
             decode_data_url(output, out)

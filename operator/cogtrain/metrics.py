@@ -18,11 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .api import Phase
+from .contract import Reason
 from .resolver import ResolverStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Canceled")
-FINISHED = ("Succeeded", "Failed", "Canceled")
+PHASES = tuple(phase.value for phase in Phase)
+FINISHED = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELED.value)
 _LATENCY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, float("inf"))
 
 TIME_TO_START = Histogram(
@@ -59,9 +61,12 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def _failure_reason(status: Mapping[str, Any]) -> str:
+    """The Failed condition's reason; anything that is not one of ours is `Unknown`, so whoever can
+    write a status cannot grow the metric's label set."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Failed" and condition.get("status") == "True":
-            return str(condition.get("reason") or "Unknown")
+            reason = condition.get("reason")
+            return str(reason) if reason in Reason._value2member_map_ else "Unknown"
     return "Unknown"
 
 

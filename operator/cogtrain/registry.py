@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from .contract import Reason
 from .credentials import Credential
 from .reference import ImageReference
 
@@ -38,19 +39,19 @@ MAX_CONFIG_BYTES = 32 * 1024 * 1024
 
 
 class RegistryErrorKind(StrEnum):
-    """Why an image could not be used; the value is the reason written to status conditions."""
+    """Why an image could not be used; the value is the contract's reason written to status conditions."""
 
-    INVALID_REFERENCE = "InvalidImageReference"
-    IMAGE_NOT_FOUND = "ImageNotFound"
-    TAG_NOT_FOUND = "TagNotFound"
-    UNAUTHORIZED = "Unauthorized"
-    UNAVAILABLE = "RegistryUnavailable"
-    BAD_RESPONSE = "RegistryBadResponse"
-    DIGEST_MISMATCH = "DigestMismatch"
-    NO_PLATFORM = "NoMatchingPlatform"
-    NOT_COG = "NotACogImage"
-    NO_TRAINING = "NoTrainingInterface"
-    MALFORMED_SCHEMA = "MalformedSchema"
+    INVALID_REFERENCE = Reason.INVALID_IMAGE_REFERENCE.value
+    IMAGE_NOT_FOUND = Reason.IMAGE_NOT_FOUND.value
+    TAG_NOT_FOUND = Reason.TAG_NOT_FOUND.value
+    UNAUTHORIZED = Reason.UNAUTHORIZED.value
+    UNAVAILABLE = Reason.REGISTRY_UNAVAILABLE.value
+    BAD_RESPONSE = Reason.REGISTRY_BAD_RESPONSE.value
+    DIGEST_MISMATCH = Reason.DIGEST_MISMATCH.value
+    NO_PLATFORM = Reason.NO_MATCHING_PLATFORM.value
+    NOT_COG = Reason.NOT_A_COG_IMAGE.value
+    NO_TRAINING = Reason.NO_TRAINING_INTERFACE.value
+    MALFORMED_SCHEMA = Reason.MALFORMED_SCHEMA.value
 
 
 class RegistryError(Exception):

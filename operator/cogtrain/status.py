@@ -7,34 +7,23 @@ stays finished), and `conditions` writes the kstatus-compatible conditions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from .api import Phase
-from .jobs import DRIVER_CONTAINER, KUEUE_QUEUE_LABEL, MODEL_CONTAINER
+from .contract import DRIVER_CONTAINER, MODEL_CONTAINER, DriverReport, Reason, weights_of
+from .jobs import KUEUE_QUEUE_LABEL
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELED)
 _PULL_RETRYING = ("ErrImagePull", "ImagePullBackOff")
 _PULL_FINAL = ("InvalidImageName", "ErrImageNeverPull")
-_CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-
-
-class DriverReport(BaseModel):
-    """The driver's termination message (docs/driver.md): JSON, at most 4096 bytes."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    status: str
-    output: Any = None
-    weights: str | None = None
-    metrics: dict[str, Any] | None = None
-    reason: str | None = None
-    message: str | None = None
+_CONFIG_ERRORS = {
+    "CreateContainerConfigError": Reason.CREATE_CONTAINER_CONFIG_ERROR,
+    "CreateContainerError": Reason.CREATE_CONTAINER_ERROR,
+    "RunContainerError": Reason.RUN_CONTAINER_ERROR,
+}
 
 
 def _time(value: Any) -> str | None:
@@ -50,7 +39,7 @@ class Observation:
     """The Training's state as the Job and Pods show it."""
 
     phase: Phase
-    reason: str
+    reason: Reason
     message: str
     start_time: str | None = None
     completion_time: str | None = None
@@ -80,13 +69,7 @@ def driver_report(pod: Mapping[str, Any]) -> DriverReport | None:
     """The driver's report from its termination message, if it wrote one."""
     state = _statuses(pod).get(DRIVER_CONTAINER, {})
     terminated = (state.get("state") or {}).get("terminated") or (state.get("lastState") or {}).get("terminated")
-    message = (terminated or {}).get("message")
-    if not message:
-        return None
-    try:
-        return DriverReport.model_validate(json.loads(message))
-    except (ValueError, ValidationError, TypeError):
-        return None
+    return DriverReport.decode((terminated or {}).get("message"))
 
 
 def _newest(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -116,32 +99,33 @@ def _memory_limit(pod: Mapping[str, Any], container: str) -> str:
     return ""
 
 
-def explain_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
+def explain_pod_failure(pod: Mapping[str, Any]) -> tuple[Reason, str]:
     """Why a training Pod failed: (reason, one sentence)."""
     report = driver_report(pod)
     if report is not None and report.status == "failed":
-        return report.reason or "TrainingFailed", report.message or "the training failed"
+        return report.reason or Reason.TRAINING_FAILED, report.message or "the training failed"
     for container, who in ((MODEL_CONTAINER, "the model container"), (DRIVER_CONTAINER, "the driver container")):
         terminated = _terminated(pod, container)
         if terminated and terminated.get("reason") == "OOMKilled":
-            return "OOMKilled", f"{who} ran out of memory and was killed{_memory_limit(pod, container)}"
+            return Reason.OOM_KILLED, f"{who} ran out of memory and was killed{_memory_limit(pod, container)}"
     status = pod.get("status") or {}
     if status.get("reason") == "Evicted":
-        return "Evicted", f"the training Pod was evicted: {status.get('message') or 'no message'}"
+        return Reason.EVICTED, f"the training Pod was evicted: {status.get('message') or 'no message'}"
     waiting = _waiting(pod)
     if waiting and waiting[1].get("reason") in _PULL_RETRYING + _PULL_FINAL:
-        return "ImagePullFailed", f"the {waiting[0]} image could not be pulled: {waiting[1].get('message', '')}".strip()
+        message = f"the {waiting[0]} image could not be pulled: {waiting[1].get('message', '')}".strip()
+        return Reason.IMAGE_PULL_FAILED, message
     driver = _terminated(pod, DRIVER_CONTAINER)
     if driver is not None:
-        return "DriverFailed", f"the driver exited with code {driver.get('exitCode')} without reporting why"
-    return "PodFailed", status.get("message") or "the training Pod failed"
+        return Reason.DRIVER_FAILED, f"the driver exited with code {driver.get('exitCode')} without reporting why"
+    return Reason.POD_FAILED, status.get("message") or "the training Pod failed"
 
 
 def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
             active_deadline_seconds: int | None = None) -> Observation:
     """Classify the Job and its Pods (those labelled for this Training)."""
     if job is None:
-        return Observation(Phase.PENDING, "JobMissing", "the training Job does not exist (yet)")
+        return Observation(Phase.PENDING, Reason.JOB_MISSING, "the training Job does not exist (yet)")
     pods = list(pods)
     conditions = _conditions(job)
     job_status = job.get("status") or {}
@@ -158,80 +142,75 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
         finished = job_status.get("completionTime") or complete.get("lastTransitionTime")
         report = next((r for r in map(driver_report, succeeded_pods) if r is not None), None)
         if report is None or report.status != "succeeded":
-            return Observation(Phase.FAILED, "DriverResultMissing",
+            return Observation(Phase.FAILED, Reason.DRIVER_RESULT_MISSING,
                                "the Job completed but the driver reported no result", start, finished)
-        return Observation(Phase.SUCCEEDED, "Succeeded", "the training succeeded", start, finished,
+        return Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "the training succeeded", start, finished,
                            report.output, report.weights or weights_of(report.output), report.metrics)
     if failed := is_true("Failed") or is_true("FailureTarget"):
         finished = failed.get("lastTransitionTime")
-        reason = failed.get("reason") or "Failed"
-        if reason == "DeadlineExceeded":
+        if failed.get("reason") == "DeadlineExceeded":
             limit = f" ({active_deadline_seconds} s)" if active_deadline_seconds else ""
-            return Observation(Phase.FAILED, "DeadlineExceeded",
+            return Observation(Phase.FAILED, Reason.DEADLINE_EXCEEDED,
                                f"the training ran longer than activeDeadlineSeconds{limit} and was stopped",
                                start, finished)
         pod = _newest(failed_pods) or _newest(pods)
         if pod is not None:
             why, message = explain_pod_failure(pod)
             return Observation(Phase.FAILED, why, message, start, finished)
-        return Observation(Phase.FAILED, reason, failed.get("message") or "the training Job failed", start, finished)
+        return Observation(Phase.FAILED, Reason.FAILED, failed.get("message") or "the training Job failed",
+                           start, finished)
 
     suspended = is_true("Suspended") or (job.get("spec") or {}).get("suspend")
     if suspended:
         queue = ((job.get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
         held = f"; Kueue queue {queue} admits it when quota is available" if queue else ""
-        return Observation(Phase.PENDING, "Suspended", f"the training Job is suspended{held}")
+        return Observation(Phase.PENDING, Reason.SUSPENDED, f"the training Job is suspended{held}")
 
     pod = _newest(p for p in pods if p not in failed_pods) or None
     if pod is None:
         if failed_pods:
             why, message = explain_pod_failure(_newest(failed_pods) or {})
-            return Observation(Phase.PENDING, "Retrying", f"retrying after a failed attempt: {message}", start)
-        return Observation(Phase.PENDING, "JobCreated", "waiting for the training Pod to be created")
+            return Observation(Phase.PENDING, Reason.RETRYING, f"retrying after a failed attempt: {message}", start)
+        return Observation(Phase.PENDING, Reason.JOB_CREATED, "waiting for the training Pod to be created")
     status = pod.get("status") or {}
     scheduled = _conditions(pod).get("PodScheduled")
     if scheduled and scheduled.get("status") == "False":
-        return Observation(Phase.PENDING, scheduled.get("reason") or "Unschedulable",
+        return Observation(Phase.PENDING, Reason.UNSCHEDULABLE,
                            scheduled.get("message") or "the training Pod cannot be scheduled yet")
     waiting = _waiting(pod)
     if waiting is not None:
         container, state = waiting
         reason, message = state.get("reason", ""), state.get("message") or ""
         if reason in _PULL_FINAL:
-            return Observation(Phase.FAILED, "ImagePullFailed",
+            return Observation(Phase.FAILED, Reason.IMAGE_PULL_FAILED,
                                f"the {container} image cannot be pulled: {reason}: {message}".rstrip(": "))
         if reason in _PULL_RETRYING:
-            return Observation(Phase.PENDING, "ImagePullBackOff",
+            return Observation(Phase.PENDING, Reason.IMAGE_PULL_BACK_OFF,
                                f"the {container} image cannot be pulled yet: {message or reason}")
         if reason in _CONFIG_ERRORS:
-            return Observation(Phase.PENDING, reason, f"the {container} container cannot start: {message or reason}")
+            return Observation(Phase.PENDING, _CONFIG_ERRORS[reason],
+                               f"the {container} container cannot start: {message or reason}")
     driver = (_statuses(pod).get(DRIVER_CONTAINER, {}).get("state") or {}).get("running")
     if status.get("phase") == "Running" and driver is not None:
-        return Observation(Phase.RUNNING, "Running", "the training is running",
+        return Observation(Phase.RUNNING, Reason.RUNNING, "the training is running",
                            driver.get("startedAt") or status.get("startTime") or start)
-    return Observation(Phase.PENDING, "Starting",
+    return Observation(Phase.PENDING, Reason.STARTING,
                        "the training Pod is starting (pulling images, starting the model server)")
-
-
-def weights_of(output: Any) -> str | None:
-    """The weights' URI: the output when it is one file, else its `weights` field, else its only file."""
-    if isinstance(output, str):
-        return output
-    if isinstance(output, Mapping):
-        weights = output.get("weights")
-        if isinstance(weights, str):
-            return weights
-        files = [v for k, v in output.items() if k != "$ref" and isinstance(v, str) and "://" in v]
-        return files[0] if len(files) == 1 else None
-    if isinstance(output, list) and len(output) == 1 and isinstance(output[0], str):
-        return output[0]
-    return None
 
 
 # --- status -----------------------------------------------------------------------------------
 
 
-def _condition(kind: str, status: bool | None, reason: str, message: str, generation: int | None,
+@dataclass(frozen=True)
+class Validation:
+    """The Validated condition: True (inputs valid), False (refused) or None (cannot check yet)."""
+
+    ok: bool | None
+    reason: Reason
+    message: str
+
+
+def _condition(kind: str, status: bool | None, reason: Reason, message: str, generation: int | None,
                previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
     value = "Unknown" if status is None else ("True" if status else "False")
     before = previous.get(kind) or {}
@@ -246,23 +225,24 @@ def _condition(kind: str, status: bool | None, reason: str, message: str, genera
     }
 
 
-def conditions(phase: Phase, reason: str, message: str, generation: int | None,
+def conditions(phase: Phase, reason: Reason, message: str, generation: int | None,
                previous: Iterable[Mapping[str, Any]], now: datetime | str,
-               validated: tuple[bool | None, str, str] | None = None) -> list[dict[str, Any]]:
+               validated: Validation | None = None) -> list[dict[str, Any]]:
     """kstatus conditions (Ready, Reconciling, Stalled) plus Validated, Succeeded, Failed."""
     stamp = now if isinstance(now, str) else _stamp(now)
     before = {c.get("type", ""): c for c in previous}
     out = []
     if validated is not None:
-        out.append(_condition("Validated", validated[0], validated[1], validated[2], generation, before, stamp))
+        out.append(_condition("Validated", validated.ok, validated.reason, validated.message, generation, before,
+                              stamp))
     elif "Validated" in before:
         out.append(dict(before["Validated"]))
     terminal = phase in TERMINAL
     out.append(_condition("Ready", phase is Phase.SUCCEEDED, reason, message, generation, before, stamp))
-    out.append(_condition("Reconciling", not terminal, reason if not terminal else phase.value,
+    out.append(_condition("Reconciling", not terminal, reason if not terminal else Reason(phase.value),
                           message if not terminal else f"the training is {phase.value.lower()}",
                           generation, before, stamp))
-    out.append(_condition("Stalled", phase is Phase.FAILED, reason if phase is Phase.FAILED else "NotStalled",
+    out.append(_condition("Stalled", phase is Phase.FAILED, reason if phase is Phase.FAILED else Reason.NOT_STALLED,
                           message if phase is Phase.FAILED else "", generation, before, stamp))
     if terminal:
         out.append(_condition("Succeeded", phase is Phase.SUCCEEDED, reason, message, generation, before, stamp))
@@ -274,9 +254,9 @@ def _stamp(now: datetime) -> str:
     return now.isoformat().replace("+00:00", "Z")
 
 
-def status_patch(phase: Phase, reason: str, message: str, generation: int | None,
+def status_patch(phase: Phase, reason: Reason, message: str, generation: int | None,
                  previous: Iterable[Mapping[str, Any]], now: datetime | str,
-                 validated: tuple[bool | None, str, str] | None = None, **fields: Any) -> dict[str, Any]:
+                 validated: Validation | None = None, **fields: Any) -> dict[str, Any]:
     """The status for a phase: `error` when Failed, `completionTime` when finished, and the conditions."""
     stamp = now if isinstance(now, str) else _stamp(now)
     patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
@@ -300,7 +280,8 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     if phase in TERMINAL:
         return None
     new = observation.phase
-    if phase is Phase.RUNNING and new is Phase.PENDING and observation.reason not in ("Suspended", "Retrying"):
+    going_back = observation.reason not in (Reason.SUSPENDED, Reason.RETRYING)
+    if phase is Phase.RUNNING and new is Phase.PENDING and going_back:
         return None
     fields: dict[str, Any] = {}
     start = current.get("startTime") or observation.start_time

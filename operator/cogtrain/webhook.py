@@ -23,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from . import certs
 from .admission import FailurePolicy, LookupTimeout
-from .credentials import Keyring, read_pull_secrets
+from .credentials import Keyring
+from .pull_secrets import read_pull_secrets
 from .resolver import ResolvedModel, SchemaResolver
 
 WEBHOOK_PATH = "validate-training"  # kopf serves a handler at /<its id>; the chart's path must match

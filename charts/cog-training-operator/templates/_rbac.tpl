@@ -50,6 +50,10 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+# A Training's spec.priorityClassName is checked to exist before its Job is made.
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get"]
 {{- if not (include "cogtrain.clusterwide" .) }}
 # kopf lists and watches Namespaces to serve the named ones (and notice them when created later).
 - apiGroups: [""]
@@ -61,6 +65,12 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- if .Values.webhook.enabled }}
+# The webhook asks whether a Training's creator may create Pods and read the Secrets it names.
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
 {{- end }}
 {{- if and .Values.webhook.enabled (eq (include "cogtrain.webhookCertMode" .) "selfSigned") }}
 # The operator writes its self-signed CA into this chart's webhook configuration (and no other).

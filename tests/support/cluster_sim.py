@@ -20,7 +20,7 @@ import kopf
 
 import cogtrain.handlers  # noqa: F401  (registers the handlers)
 from cogtrain.handlers import Runtime
-from k8s_server import KubeAPI
+from support.k8s_server import KubeAPI
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import boto3
 import requests
 
-from cogserver import free_port
+from support.cogserver import free_port
 
 BUCKET = "trainings"
 _SETUP_ACTIONS = 7  # create_bucket + 2 x (create_user, create_access_key, put_user_policy)

@@ -1,6 +1,7 @@
 """A Kubernetes API server for tests, built on kmock (by kopf's author), on loopback.
 
-No real API server can run on the test machines. kmock's `KubernetesScaffold` gives the HTTP
+No real API server can run on the test machines. kmock's `KubernetesScaffold` (through
+`support.kmock_adapter`, the one module that reaches into kmock's internals) gives the HTTP
 server, request parsing, API discovery and Kubernetes-shaped errors; this module adds the state
 and the API behaviour the operator relies on, which kmock 0.8's own emulator lacks: uid,
 resourceVersion, generation, creationTimestamp, namespace and generateName stamping; the status
@@ -30,31 +31,13 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
-from kmock._internal import parsing, rendering
-from kmock._internal.k8s import (
-    KubernetesError,
-    KubernetesObjectConflictError,
-    KubernetesObjectNotFoundError,
-    KubernetesResourceNotFoundError,
-)
+from kmock import KubernetesError, KubernetesObjectNotFoundError, KubernetesResourceNotFoundError
 from kubernetes import client
 
 from cogtrain.handlers import ApiClients
+from support.kmock_adapter import KubernetesObjectConflictError, Scaffold, raw_request
 
 Key = tuple[str, str, str | None, str]  # (group/version, plural, namespace, name)
-
-
-def _parse_path(path: str) -> parsing.ParsedPath:
-    """kmock 0.8 cannot parse the cluster-scoped Namespace paths (`/api/v1/namespaces[/NAME]`), which
-    kopf lists and watches when it serves named namespaces; everything else is kmock's own parse."""
-    parts = [part for part in path.split("?", 1)[0].split("/") if part]
-    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
-        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
-    return _kmock_parse_path(path)
-
-
-_kmock_parse_path = parsing.parse_path
-parsing.parse_path = _parse_path
 
 
 @attrs.frozen
@@ -162,7 +145,7 @@ def _fields_match(obj: dict[str, Any], selector: str) -> bool:
 
 
 @attrs.define(kw_only=True)
-class ClusterEmulator(kmock.KubernetesScaffold):
+class ClusterEmulator(Scaffold):
     """A stateful, watchable Kubernetes API for the resources declared in `resources`."""
 
     store: dict[Key, dict[str, Any]] = attrs.field(factory=dict)
@@ -177,8 +160,11 @@ class ClusterEmulator(kmock.KubernetesScaffold):
     _watch_epoch: int = attrs.field(default=0)
     loop: Any = attrs.field(default=None)
     observers: list[Any] = attrs.field(factory=list)  # called with (key, kind, object) at every change
+    # Answers SubjectAccessReviews: called with the review's spec; tests replace it to deny. A real
+    # API server decides by RBAC; the emulator allows everything unless told otherwise.
+    authorize: Any = attrs.field(default=lambda spec: True)
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def serve_directly(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
         """Serve resource requests here directly; discovery and the rest go through kmock's reactions.
 
         kmock matches each request against every reaction's recorded requests, which grows with
@@ -193,15 +179,15 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         }
         resource = request.resource
         if resource is None or not resource.plural or request.action not in (*verbs, kmock.action.WATCH):
-            return await super()._handle(request)
+            return None
         if request.action == kmock.action.WATCH:
             return await self._stream(request)
         status = 201 if request.action == kmock.action.CREATE else 200
         return aiohttp.web.json_response(await verbs[request.action](request), status=status)
 
-    async def _stream(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _stream(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
+        await response.prepare(raw_request(request))
         try:
             async for event in self._serve_watch(request):
                 if isinstance(event, dict):
@@ -219,21 +205,21 @@ class ClusterEmulator(kmock.KubernetesScaffold):
             self._tick = asyncio.Event()
         return self._tick
 
-    def _gv(self, request: rendering.Request) -> str:
+    def _gv(self, request: kmock.Request) -> str:
         resource = request.resource
         if resource is None:
             raise KubernetesResourceNotFoundError()
         return f"{resource.group}/{resource.version}" if resource.group else resource.version or "v1"
 
-    def _info(self, request: rendering.Request) -> Any:
-        for resource in self._resources:
+    def _info(self, request: kmock.Request) -> Any:
+        for resource in self.resources:
             if resource == request.resource or (
                 resource.group == request.resource.group and resource.plural == request.resource.plural
             ):
-                return self._resources[resource]
+                return self.resources[resource]
         raise KubernetesResourceNotFoundError()
 
-    async def _gate(self, request: rendering.Request) -> None:
+    async def _gate(self, request: kmock.Request) -> None:
         plural = request.resource.plural if request.resource else ""
         method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
         self.log.append((method, plural or "", request.subresource, request.namespace))
@@ -261,7 +247,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
     def _stamp_revision(self, obj: dict[str, Any]) -> None:
         obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._revision))
 
-    def _selected(self, request: rendering.Request, key: Key, obj: dict[str, Any]) -> bool:
+    def _selected(self, request: kmock.Request, key: Key, obj: dict[str, Any]) -> bool:
         gv, plural, namespace, _ = key
         if gv != self._gv(request) or plural != request.resource.plural:
             return False
@@ -274,14 +260,14 @@ class ClusterEmulator(kmock.KubernetesScaffold):
 
     # --- verbs ----------------------------------------------------------------------------------
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         self._info(request)
         items = [copy.deepcopy(obj) for key, obj in self.store.items() if self._selected(request, key, obj)]
         revision = str(self.history[-1][0] if self.history else 0)
         return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": revision}, "items": items}
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         await self._gate(request)
         yield b""
         since = request.params.get("resourceVersion")
@@ -314,20 +300,23 @@ class ClusterEmulator(kmock.KubernetesScaffold):
             except TimeoutError:
                 pass
 
-    def _key(self, request: rendering.Request, name: str | None = None) -> Key:
+    def _key(self, request: kmock.Request, name: str | None = None) -> Key:
         return (self._gv(request), request.resource.plural, request.namespace, name or request.name or "")
 
-    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         obj = self.store.get(self._key(request))
         if obj is None:
             raise KubernetesObjectNotFoundError()
         return copy.deepcopy(obj)
 
-    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         info = self._info(request)
         obj = copy.deepcopy(request.data) if isinstance(request.data, dict) else json.loads(request.body)
+        if request.resource.plural == "subjectaccessreviews":  # answered, never stored
+            allowed = bool(self.authorize(obj.get("spec") or {}))
+            return {**obj, "status": {"allowed": allowed, **({} if allowed else {"reason": "denied by the test"})}}
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
@@ -348,7 +337,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         await self._record(key, "ADDED", obj)
         return copy.deepcopy(obj)
 
-    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         info = self._info(request)
         key = self._key(request)
@@ -382,7 +371,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
             await self._record(key, "MODIFIED", patched)
         return copy.deepcopy(patched)
 
-    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         key = self._key(request)
         current = self.store.get(key)
@@ -440,7 +429,7 @@ class KubeAPI(ApiClients):
         self._thread.join(timeout=10)
 
 
-def _verb(method: str, request: rendering.Request) -> str:
+def _verb(method: str, request: kmock.Request) -> str:
     """The RBAC verb of a request, as the API server's authorizer names it."""
     params = request.params or {}
     if method == "GET":

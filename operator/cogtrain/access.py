@@ -1,0 +1,98 @@
+"""Who may make a Training use what: creating a Training is creating a Pod.
+
+A Training's Pod reads the Secrets its spec names (`secretInputs`, `destinationSecretRef`,
+`imagePullSecrets`) and runs under its `serviceAccountName`, and a model that echoes its input
+can publish a Secret it was given. So the admission webhook asks the API server, with a
+SubjectAccessReview for the requesting user, whether that user may create Pods in the namespace
+and get each Secret the spec names; a Training whose creator could not do so directly is denied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+MAX_CHECKS = 64  # SubjectAccessReviews per admission review, at most (each is one API call)
+
+
+@dataclass(frozen=True)
+class Need:
+    """One permission the Training's creator must hold, and the spec field that asks for it."""
+
+    field: str
+    verb: str
+    resource: str
+    name: str | None = None
+
+
+def needs(spec: Mapping[str, Any]) -> list[Need]:
+    """The permissions a Training's spec asks of its creator (pure; duplicates of a Secret checked once)."""
+    found = [Need("spec", "create", "pods")]
+    seen: set[str] = set()
+
+    def secret(field: str, name: Any) -> None:
+        if isinstance(name, str) and name and name not in seen:
+            seen.add(name)
+            found.append(Need(field, "get", "secrets", name))
+
+    for input_name, ref in sorted((spec.get("secretInputs") or {}).items()):
+        secret(f"spec.secretInputs.{input_name}", (ref or {}).get("name") if isinstance(ref, Mapping) else None)
+    destination = spec.get("destinationSecretRef")
+    secret("spec.destinationSecretRef", destination.get("name") if isinstance(destination, Mapping) else None)
+    for index, ref in enumerate(spec.get("imagePullSecrets") or []):
+        secret(f"spec.imagePullSecrets[{index}]", ref.get("name") if isinstance(ref, Mapping) else None)
+    return found
+
+
+def refusals(
+    authorization: client.AuthorizationV1Api, userinfo: Mapping[str, Any], namespace: str, wanted: list[Need],
+    timeout: float = 5.0,
+) -> list[str]:
+    """One problem per permission the user lacks; raises ApiException when the API cannot answer."""
+    if len(wanted) > MAX_CHECKS:
+        return [f"spec: names {len(wanted) - 1} Secrets; at most {MAX_CHECKS - 1} can be checked"]
+    user = str(userinfo.get("username") or "")
+    problems = []
+    for need in wanted:
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                uid=userinfo.get("uid"),
+                groups=list(userinfo.get("groups") or []),
+                extra={k: list(v) for k, v in (userinfo.get("extra") or {}).items()},
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=namespace, verb=need.verb, resource=need.resource, name=need.name
+                ),
+            )
+        )
+        answer = authorization.create_subject_access_review(review, _request_timeout=timeout)
+        if answer.status is not None and answer.status.allowed:
+            continue
+        if need.resource == "pods":
+            problems.append(
+                f"spec: {user} may not create Pods in namespace {namespace}, and a Training runs as a Pod; "
+                "ask for the right to create Pods there"
+            )
+        else:
+            problems.append(
+                f"{need.field}: {user} may not read the Secret {need.name} in namespace {namespace}; "
+                "a Training can use only Secrets its creator may read"
+            )
+    return problems
+
+
+def check(
+    api_client: client.ApiClient, userinfo: Mapping[str, Any] | None, namespace: str, spec: Mapping[str, Any],
+) -> list[str]:
+    """The access problems of a Training about to be created; none when no user is known (not a review)."""
+    if not userinfo:
+        return []
+    try:
+        return refusals(client.AuthorizationV1Api(api_client), userinfo, namespace, needs(spec))
+    except Exception as error:  # noqa: BLE001  (fail closed: no answer is no permission)
+        status = error.status if isinstance(error, ApiException) else type(error).__name__
+        return [f"spec: cannot check the creator's permissions now ({status}); try again"]

@@ -1,0 +1,67 @@
+"""`cogtrain drive`: run one training against a Cog server (the training Pod's driver container)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..contract import DESTINATION_MOUNT, DRIVER_PORT, LOOPBACK, MODEL_PORT, SCRATCH_MOUNT, TERMINATION_LOG
+from ..destinations import Destination, DriverError, destination_for
+from ..driver import Driver, inputs_from_env, termination_message
+from . import EXIT_OK
+
+DESCRIPTION = "Drive the model's Cog server through one training; inputs come from COGTRAIN_INPUT_* variables."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-url", default=f"http://{LOOPBACK}:{MODEL_PORT}")
+    parser.add_argument(
+        "--listen", default=f"{LOOPBACK}:{DRIVER_PORT}", help="where the model server sends webhooks and files"
+    )
+    parser.add_argument("--training-id", required=True)
+    parser.add_argument(
+        "--destination", required=True, help="pvc://CLAIM/PATH (mounted at --destination-root) or s3://BUCKET/PREFIX"
+    )
+    parser.add_argument("--destination-root", type=Path, default=Path(DESTINATION_MOUNT))
+    parser.add_argument("--scratch", type=Path, default=Path(SCRATCH_MOUNT))
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--setup-timeout", type=float, default=1800.0)
+    parser.add_argument("--termination-log", default=TERMINATION_LOG)
+    parser.add_argument("--cancel-grace", type=float, default=20.0,
+                        help="seconds to wait for the model to confirm a cancel before shutting it down")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The driver container of a training Pod (docs/driver.md): its exit code and termination message."""
+    destination: Destination | None = None
+    driver: Driver | None = None
+    try:
+        destination = destination_for(args.destination, args.destination_root, args.namespace, args.name)
+        driver = running = Driver(
+            model_url=args.model_url,
+            training_id=args.training_id,
+            inputs=inputs_from_env(dict(os.environ)),
+            destination=destination,
+            scratch=args.scratch,
+            listen=args.listen,
+            setup_timeout=args.setup_timeout,
+            cancel_grace=args.cancel_grace,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: running.cancel_requested.set())
+        output, error = running.run(), None
+    except DriverError as failure:
+        output, error = None, failure
+    message = termination_message(output, error, destination, driver.metrics if driver else None)
+    try:
+        Path(args.termination_log).write_text(message, encoding="utf-8")
+    except OSError as failure:
+        print(f"cogtrain drive: cannot write {args.termination_log}: {failure.strerror}", file=sys.stderr)
+    if error is not None:
+        print(f"cogtrain drive: {error.reason}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    print(f"cogtrain drive: the training succeeded: {message}", file=sys.stderr)
+    return EXIT_OK

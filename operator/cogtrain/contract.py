@@ -1,0 +1,215 @@
+"""The contract between the operator and the driver in a training Pod (docs/driver.md).
+
+One place for what both sides must agree on: container names and ports, the environment the
+Job passes, the driver's exit codes, its report (the termination message) and the reasons that
+status conditions, Events, metrics and the docs publish. The driver imports this module and
+`destinations` only, so a training Pod never loads the Kubernetes client; keep this module free
+of I/O and of imports beyond the standard library and pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from enum import IntEnum, StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+MODEL_CONTAINER = "model"
+DRIVER_CONTAINER = "driver"
+MODEL_PORT = 5000
+DRIVER_PORT = 5080
+# Both servers listen on the Pod's loopback only (docs/security.md).
+LOOPBACK = "127.0.0.1"
+
+INPUT_ENV_PREFIX = "COGTRAIN_INPUT_"
+SECRET_ENV_PREFIX = "COGTRAIN_SECRET_INPUT_"
+# The s3:// destination's settings, under the AWS SDKs' own names: the Job takes them from the
+# Secret named by spec.destinationSecretRef, and the driver reads them.
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
+S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+DESTINATION_MOUNT = "/destination"
+SCRATCH_MOUNT = "/scratch"
+TERMINATION_LOG = "/dev/termination-log"
+# The kubelet keeps at most this many bytes of a termination message (and only the tail of more).
+TERMINATION_LIMIT = 4096
+
+
+class ExitCode(IntEnum):
+    """The driver's exit codes; all but 0 are final (the Job's podFailurePolicy fails the Job)."""
+
+    SUCCEEDED = 0
+    TRAINING_FAILED = 10
+    SETUP_FAILED = 11
+    INPUT_REJECTED = 12
+    DESTINATION_UNWRITABLE = 13
+    CANCELED = 14
+    MODEL_UNREACHABLE = 15
+
+    @classmethod
+    def final(cls) -> list[int]:
+        return [int(code) for code in cls if code is not cls.SUCCEEDED]
+
+
+class Reason(StrEnum):
+    """Every reason a Training's conditions and Events carry (docs/operator.md lists them)."""
+
+    # the normal course
+    PENDING = "Pending"
+    JOB_CREATED = "JobCreated"
+    JOB_ADOPTED = "JobAdopted"
+    JOB_MISSING = "JobMissing"
+    JOB_LOST = "JobLost"
+    JOB_REJECTED = "JobRejected"
+    SERVICE_ACCOUNT_MISSING = "ServiceAccountMissing"
+    PRIORITY_CLASS_MISSING = "PriorityClassMissing"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    SUSPENDED = "Suspended"
+    RETRYING = "Retrying"
+    CANCELED = "Canceled"
+    INPUTS_VALID = "InputsValid"
+    DEPRECATED_INPUT = "DeprecatedInput"
+    NOT_STALLED = "NotStalled"
+    FAILED = "Failed"
+    # refused before any Job exists
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_INPUT = "InvalidInput"
+    NO_DESTINATION = "NoDestination"
+    JOB_CONFLICT = "JobConflict"
+    # the model image and its registry
+    INVALID_IMAGE_REFERENCE = "InvalidImageReference"
+    IMAGE_NOT_FOUND = "ImageNotFound"
+    TAG_NOT_FOUND = "TagNotFound"
+    UNAUTHORIZED = "Unauthorized"
+    REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+    REGISTRY_BAD_RESPONSE = "RegistryBadResponse"
+    DIGEST_MISMATCH = "DigestMismatch"
+    NO_MATCHING_PLATFORM = "NoMatchingPlatform"
+    NOT_A_COG_IMAGE = "NotACogImage"
+    NO_TRAINING_INTERFACE = "NoTrainingInterface"
+    MALFORMED_SCHEMA = "MalformedSchema"
+    # the Pod, as the cluster shows it
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    RUN_CONTAINER_ERROR = "RunContainerError"
+    OOM_KILLED = "OOMKilled"
+    EVICTED = "Evicted"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    POD_FAILED = "PodFailed"
+    # the driver's report
+    TRAINING_FAILED = "TrainingFailed"
+    SETUP_FAILED = "SetupFailed"
+    INPUT_REJECTED = "InputRejected"
+    DESTINATION_UNWRITABLE = "DestinationUnwritable"
+    MODEL_UNREACHABLE = "ModelUnreachable"
+    DRIVER_FAILED = "DriverFailed"
+    DRIVER_RESULT_MISSING = "DriverResultMissing"
+    PREDICTION_FAILED = "PredictionFailed"
+
+
+# The exit code of each reason the driver can end with; any other reason is the training's failure.
+EXIT_CODES: dict[Reason, ExitCode] = {
+    Reason.TRAINING_FAILED: ExitCode.TRAINING_FAILED,
+    Reason.PREDICTION_FAILED: ExitCode.TRAINING_FAILED,
+    Reason.SETUP_FAILED: ExitCode.SETUP_FAILED,
+    Reason.INPUT_REJECTED: ExitCode.INPUT_REJECTED,
+    Reason.DESTINATION_UNWRITABLE: ExitCode.DESTINATION_UNWRITABLE,
+    Reason.CANCELED: ExitCode.CANCELED,
+    Reason.MODEL_UNREACHABLE: ExitCode.MODEL_UNREACHABLE,
+}
+
+
+class DriverReport(BaseModel):
+    """The driver's termination message: written by the driver, read by the operator's `status`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: Literal["succeeded", "failed"]
+    output: Any = None
+    weights: str | None = None
+    metrics: dict[str, Any] | None = None
+    reason: Reason | None = None
+    message: str | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _known_reason(cls, value: Any) -> Any:
+        """A reason this operator does not know (another driver version) still reads as a failure."""
+        return value if value is None or value in Reason._value2member_map_ else Reason.DRIVER_FAILED
+
+    @classmethod
+    def failure(cls, reason: Reason, message: str) -> DriverReport:
+        """A failed report whose encoding fits TERMINATION_LIMIT, the message cut by encoded bytes."""
+        report = cls(status="failed", reason=reason, message=message)
+        size = len(report.encode().encode())
+        if size <= TERMINATION_LIMIT:
+            return report
+        escaped = len(json.dumps(message, ensure_ascii=False).encode()) - 2
+        room = TERMINATION_LIMIT - (size - escaped)
+        return cls(status="failed", reason=reason, message=cut_to_bytes(message, room, json_escaped=True))
+
+    @classmethod
+    def success(cls, output: Any, metrics: Mapping[str, Any] | None = None) -> DriverReport:
+        return cls(status="succeeded", output=output, weights=weights_of(output), metrics=dict(metrics or {}) or None)
+
+    def encode(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), ensure_ascii=False, separators=(",", ":"))
+
+    def fits(self) -> bool:
+        return len(self.encode().encode()) <= TERMINATION_LIMIT
+
+    @classmethod
+    def decode(cls, message: str | None) -> DriverReport | None:
+        """The report in a termination message, or None when there is none or it is not one."""
+        if not message:
+            return None
+        try:
+            return cls.model_validate(json.loads(message))
+        except (ValueError, ValidationError, TypeError, RecursionError):
+            return None
+
+
+def cut_to_bytes(text: str, limit: int, json_escaped: bool = False, marker: str = "…") -> str:
+    """`text` shortened so that its UTF-8 encoding (or its JSON string form) is at most `limit` bytes."""
+
+    def size(value: str) -> int:
+        return len((json.dumps(value, ensure_ascii=False)[1:-1] if json_escaped else value).encode())
+
+    if size(text) <= limit:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix that fits with the marker
+        middle = (low + high + 1) // 2
+        if size(text[:middle] + marker) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + marker if size(text[:low] + marker) <= limit else ""
+
+
+def weights_of(output: Any) -> str | None:
+    """The weights' URI: the output when it is one file, else its `weights` field, else its only file.
+
+    Only URIs count: a model that returns a plain string has no weights file.
+    """
+
+    def uri(value: Any) -> bool:
+        return isinstance(value, str) and "://" in value[:64] and len(value) <= 2048
+
+    if uri(output):
+        return str(output)
+    if isinstance(output, Mapping):
+        weights = output.get("weights")
+        if uri(weights):
+            return str(weights)
+        files = [v for k, v in output.items() if k != "$ref" and uri(v)]
+        return str(files[0]) if len(files) == 1 else None
+    if isinstance(output, list) and len(output) == 1 and uri(output[0]):
+        return str(output[0])
+    return None
