@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import urllib3
 from cryptography import x509
 from kubernetes import client
 
-from cogtrain import certs
+from cogtrain import access, certs
 from cogtrain.admission import LookupTimeout, review_create, review_update
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind
@@ -24,7 +25,7 @@ from cogtrain.settings import Settings
 from cogtrain.webhook import WEBHOOK_PATH, WebhookConfig
 from support.cluster_sim import RunningOperator, wait_for
 from support.cogserver import free_port
-from support.k8s_server import KubeAPI
+from support.k8s_server import Fault, KubeAPI
 from support.metrics import scrape
 from support.registries import Registries
 from support.trainings import DATA, model
@@ -281,3 +282,85 @@ def test_cert_manager_mode_serves_the_mounted_files(tmp_path: Any) -> None:
     assert webhook_server.host == f"{SERVICE}.{NAMESPACE}.svc"
     with pytest.raises(ValueError, match="--webhook-cert-dir"):
         server(WebhookConfig(), client.ApiClient())
+
+
+# --- a Training may use only what its creator may (access.py) --------------------------------------
+
+
+@pytest.mark.unit
+def test_the_permissions_a_spec_asks_for() -> None:
+    spec = {"secretInputs": {"hf_token": {"name": "hf", "key": "t"}, "other": {"name": "hf", "key": "u"}},
+            "destinationSecretRef": {"name": "s3"}, "imagePullSecrets": [{"name": "regcred"}, {"name": "s3"}]}
+    assert access.needs(spec) == [
+        access.Need("spec", "create", "pods"),
+        access.Need("spec.secretInputs.hf_token", "get", "secrets", "hf"),
+        access.Need("spec.destinationSecretRef", "get", "secrets", "s3"),
+        access.Need("spec.imagePullSecrets[0]", "get", "secrets", "regcred"),
+    ]
+
+
+@dataclass
+class Reviews:
+    """The SubjectAccessReviews the webhook asks, answered by `denied` (verb, resource, name)."""
+
+    asked: list[dict[str, Any]] = field(default_factory=list)
+    denied: set[tuple[str, str, str | None]] = field(default_factory=set)
+
+    def __call__(self, spec: dict[str, Any]) -> bool:
+        self.asked.append(spec)
+        attributes = spec.get("resourceAttributes") or {}
+        return (attributes.get("verb"), attributes.get("resource"), attributes.get("name")) not in self.denied
+
+
+@pytest.fixture()
+def reviews(kube: KubeAPI) -> Iterator[Reviews]:
+    rule = Reviews()
+    kube.emulator.authorize = rule
+    yield rule
+    kube.emulator.authorize = lambda spec: True
+
+
+@pytest.mark.integration
+def test_a_secret_the_creator_may_not_read_is_refused(webhook: tuple[Webhook, RunningOperator],
+                                                      registries: Registries, reviews: Reviews) -> None:
+    hook, _ = webhook
+    reviews.denied.add(("get", "secrets", "team-b-token"))
+    body = training(model(registries, "all-inputs"), secretInputs={"hf_token": {"name": "team-b-token", "key": "t"}})
+    response = hook.review("CREATE", body)
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert "spec.secretInputs.hf_token: alice may not read the Secret team-b-token in namespace ml" in message
+    asked = {(r["user"], r["resourceAttributes"]["verb"], r["resourceAttributes"]["resource"]) for r in reviews.asked}
+    assert ("alice", "create", "pods") in asked and ("alice", "get", "secrets") in asked
+    assert all(r["resourceAttributes"]["namespace"] == "ml" and r["groups"] == ["system:authenticated"]
+               for r in reviews.asked)
+
+
+@pytest.mark.integration
+def test_a_creator_who_may_not_create_pods_is_refused(webhook: tuple[Webhook, RunningOperator],
+                                                      registries: Registries, reviews: Reviews) -> None:
+    hook, _ = webhook
+    reviews.denied.add(("create", "pods", None))
+    response = hook.review("CREATE", training(model(registries)))
+    assert response["allowed"] is False
+    assert "alice may not create Pods in namespace ml, and a Training runs as a Pod" in response["status"]["message"]
+
+
+@pytest.mark.integration
+def test_permissions_that_cannot_be_checked_deny(kube: KubeAPI, webhook: tuple[Webhook, RunningOperator],
+                                                  registries: Registries) -> None:
+    hook, _ = webhook
+    kube.emulator.faults.append(Fault("POST", "subjectaccessreviews", status=500, times=1))
+    response = hook.review("CREATE", training(model(registries)))
+    assert response["allowed"] is False, "no answer is no permission"
+    assert "cannot check the creator's permissions now" in response["status"]["message"]
+
+
+@pytest.mark.integration
+def test_updates_ask_no_permissions(webhook: tuple[Webhook, RunningOperator], registries: Registries,
+                                    reviews: Reviews) -> None:
+    hook, _ = webhook
+    old = training(model(registries))
+    new = {**old, "spec": {**old["spec"], "cancel": True}}
+    assert hook.review("UPDATE", new, old)["allowed"] is True
+    assert reviews.asked == []

@@ -23,7 +23,7 @@ from cogtrain import settings as cogtrain_settings
 from cogtrain.api import Training
 from cogtrain.cli import build_parser
 from cogtrain.jobs import build_job
-from cogtrain.settings import settings_from
+from cogtrain.settings import Settings, settings_from
 from support.chart import (
     CHART,
     COMBINATIONS,
@@ -886,3 +886,18 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert any("__pycache__" in pattern for pattern in patterns)
     for needed in ("pyproject.toml", "README.md", "operator"):
         assert needed not in patterns and f"{needed}/" not in patterns, needed
+
+
+@pytest.mark.unit
+def test_training_pods_can_be_closed_to_all_ingress() -> None:
+    assert objects_of(render_chart(), "NetworkPolicy") == [], "off unless asked for"
+    policies = objects_of(render_chart(COMBINATIONS["network-policy"]), "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["ml", "shared"]
+    job = build_job(Training.model_validate({"apiVersion": "cog.run/v1alpha1", "kind": "Training",
+                                             "metadata": {"name": "t", "namespace": "ml", "uid": "u"},
+                                             "spec": {"model": "r.example.com/m:1", "destination": "s3://b/"}}),
+                    "r.example.com/m@sha256:" + "0" * 64, {}, Settings())
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"] == []
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), "it selects the training Pods"

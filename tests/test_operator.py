@@ -447,3 +447,132 @@ def test_cogtrain_operator_needs_a_scope(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["operator"]) == 2
     assert "give --all-namespaces (-A) or one --namespace NS" in capsys.readouterr().err
+
+
+# --- what a hostile or careless namespace member can do (docs/security.md) -------------------------
+
+
+@pytest.mark.integration
+def test_a_job_deleted_while_running_fails_the_training_and_is_never_made_again(
+        operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("gone", spec(registries))
+    job = cluster.job("gone")
+    cluster.run_pod(cluster.start_pod(job))
+    cluster.wait_phase("gone", "Running")
+    cluster.kube.batch.delete_namespaced_job(job["metadata"]["name"], cluster.namespace)
+    status = cluster.wait_phase("gone", "Failed")
+    assert cluster.condition("gone", "Failed")["reason"] == "JobLost"
+    assert "is not run again" in status["error"]
+    assert cluster.jobs() == [], "the training's output may exist already: no second Job"
+
+
+@pytest.mark.integration
+def test_a_job_removed_while_the_operator_was_down_is_not_run_again(
+        kube: KubeAPI, runtime: Runtime, cluster: Cluster, registries: Registries) -> None:
+    first = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("ttl", spec(registries))
+        job = cluster.job("ttl")
+        cluster.wait_phase("ttl", "Pending")
+        wait_for(lambda: cluster.status("ttl").get("jobName"), what="the jobName")
+    finally:
+        first.stop()
+    cluster.kube.batch.delete_namespaced_job(job["metadata"]["name"], cluster.namespace)
+    second = RunningOperator(kube, runtime).start()
+    try:
+        cluster.wait_phase("ttl", "Failed")
+        assert cluster.condition("ttl", "Failed")["reason"] == "JobLost"
+        assert cluster.jobs() == []
+    finally:
+        second.stop()
+
+
+@pytest.mark.integration
+def test_a_canceled_training_whose_job_goes_is_canceled_not_lost(
+        operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("stop", spec(registries))
+    cluster.run_pod(cluster.start_pod(cluster.job("stop")))
+    cluster.wait_phase("stop", "Running")
+    cluster.patch_training("stop", {"spec": {"cancel": True}})
+    cluster.wait_phase("stop", "Canceled")
+    wait_for(lambda: cluster.jobs() == [], what="the Job to go")
+    assert cluster.status("stop")["phase"] == "Canceled"
+
+
+@pytest.mark.integration
+def test_a_pod_that_only_wears_the_labels_decides_nothing(
+        operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("tok", spec(registries))
+    job = cluster.job("tok")
+    cluster.wait_phase("tok", "Pending")
+    forged = {"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": "forged", "namespace": cluster.namespace,
+                           "labels": dict(job["spec"]["template"]["metadata"]["labels"])},
+              "spec": {"containers": [{"name": "driver", "image": "evil:1"}]}}
+    cluster.kube.core.create_namespaced_pod(cluster.namespace, forged)
+    cluster.finish_pod("forged", 0, {"status": "succeeded", "output": "s3://attacker/weights.bin"})
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase("tok", "Running")
+    cluster.finish_pod(pod, 0, {"status": "succeeded", "output": "s3://weights/ns/tok/weights.bin"})
+    cluster.complete_job(job)
+    status = cluster.wait_phase("tok", "Succeeded")
+    assert status["weights"] == "s3://weights/ns/tok/weights.bin", "only Pods owned by the Job's uid count"
+
+
+@pytest.mark.integration
+def test_a_job_the_api_server_refuses_fails_with_its_reason(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    kube.emulator.faults.append(Fault("POST", "jobs", status=422, times=1))
+    cluster.create_training("refused", spec(registries))
+    status = cluster.wait_phase("refused", "Failed")
+    assert cluster.condition("refused", "Failed")["reason"] == "JobRejected"
+    assert "the Job was refused (HTTP 422)" in status["error"]
+
+
+@pytest.mark.integration
+def test_a_forbidden_job_waits_with_its_reason_then_proceeds(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    kube.emulator.faults.append(Fault("POST", "jobs", status=403, times=1))
+    cluster.create_training("quota", spec(registries))
+    wait_for(lambda: (c := cluster.condition("quota", "Reconciling")) and c["reason"] == "JobRejected",
+             what="Pending with the refusal")
+    assert cluster.status("quota")["phase"] == "Pending"
+    cluster.job("quota")  # retried with backoff, and allowed now
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("field", "reason"), [("serviceAccountName", "ServiceAccountMissing"),
+                                                ("priorityClassName", "PriorityClassMissing")])
+def test_a_missing_service_account_or_priority_class_says_so_then_proceeds(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries,
+        field: str, reason: str) -> None:
+    name = f"x-{uuid.uuid4().hex[:6]}"
+    cluster.create_training("waits", spec(registries, **{field: name}))
+    wait_for(lambda: (c := cluster.condition("waits", "Reconciling")) and c["reason"] == reason,
+             what=f"Pending with {reason}")
+    assert name in cluster.condition("waits", "Reconciling")["message"]
+    assert cluster.jobs() == []
+    if field == "serviceAccountName":
+        kube.core.create_namespaced_service_account(cluster.namespace, {"metadata": {"name": name}})
+    else:
+        from kubernetes import client
+
+        client.SchedulingV1Api(kube.api_client).create_priority_class(
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": 1})
+    job = wait_for(lambda: cluster.jobs(), timeout=30, what="the Job once it exists")[0]
+    assert job["spec"]["template"]["spec"][field] == name
+
+
+@pytest.mark.integration
+def test_a_huge_failure_message_still_writes_the_status(
+        operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    cluster.create_training("loud", spec(registries))
+    job = cluster.job("loud")
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase("loud", "Running")
+    cluster.finish_pod(pod, 10, {"status": "failed", "reason": "TrainingFailed", "message": "x" * 60000})
+    cluster.fail_job(job, "PodFailurePolicy")
+    status = cluster.wait_phase("loud", "Failed")
+    assert 1000 < len(status["error"]) <= 8192 and status["error"].endswith("…")

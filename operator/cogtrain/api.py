@@ -296,7 +296,7 @@ class TrainingStatus(_Model):
         max_length=64,
         description="Metrics the model server reported for the training (e.g. predict_time in seconds).",
     )
-    error: str | None = Field(default=None, description="Why the training failed, in one sentence.")
+    error: str | None = Field(default=None, max_length=32768, description="Why the training failed, in one sentence.")
     kopf: FreeForm = Field(default=None, description="Bookkeeping of the operator framework (kopf).")
 
 

@@ -32,6 +32,9 @@ S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 DESTINATION_MOUNT = "/destination"
 SCRATCH_MOUNT = "/scratch"
 TERMINATION_LOG = "/dev/termination-log"
+# What a condition's message and status.error may hold (the CRD allows 32768 characters): longer
+# messages are cut, so a status write is never refused for its size.
+MESSAGE_LIMIT = 8192
 # The kubelet keeps at most this many bytes of a termination message (and only the tail of more).
 TERMINATION_LIMIT = 4096
 

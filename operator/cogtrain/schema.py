@@ -3,22 +3,39 @@
 Cog's generator writes the train() parameters as `components.schemas.TrainingInput` (older
 images: `Input`) and the return type as `TrainingOutput` (`Output`). `choices` become an
 `allOf: [{$ref}]` pointing at an `enum` component, `Secret` is `format: password` with
-`x-cog-secret`, `Optional[...]` is `nullable`. This module turns that into typed descriptions
-that the validator, the CLI's table and the Job builder share.
+`x-cog-secret` (on `items` for `list[Secret]`), `Optional[...]` is `nullable`. This module turns
+that into typed descriptions that the validator, the CLI's table and the Job builder share.
+
+The document comes from a model image, so a hostile one must not cost unbounded work: `$ref`
+chains are resolved once per component, nesting and the number of schema nodes are capped, and
+`pattern`s run on RE2, a linear-time engine (as Cog's own validator does), never on a
+backtracking one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, cast
+
+import re2  # type: ignore[import-untyped]  # google-re2: no type information
 
 JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object")
+
+MAX_SCHEMA_DEPTH = 64
+"""Deepest nesting of `items`/`$ref`/`allOf`/`anyOf` read in one input's schema."""
+MAX_SCHEMA_NODES = 100_000
+"""Most schema nodes one document may make the parser resolve (a `$ref` DAG could otherwise
+make it exponential)."""
+MAX_PATTERN_CHARS = 16_384
+"""Longer `pattern`s are left to the model server (with a warning), not compiled here."""
+PATTERN_MEMORY = 1 << 20
+"""RE2's memory budget for one compiled pattern: a pattern needing more is left to the model server."""
 
 
 class SchemaErrorKind(StrEnum):
@@ -26,12 +43,28 @@ class SchemaErrorKind(StrEnum):
     NO_TRAINING = "NoTrainingInterface"
 
 
+MAX_ERROR_CHARS = 1000
+"""A SchemaError's message is cut to this length (it may quote names and values of the document)."""
+
+
 class SchemaError(Exception):
     """The OpenAPI document cannot describe a training interface; `kind` says why."""
 
     def __init__(self, message: str, kind: SchemaErrorKind = SchemaErrorKind.MALFORMED) -> None:
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
         super().__init__(message)
         self.kind = kind
+
+
+def _brief_repr() -> reprlib.Repr:
+    shortened = reprlib.Repr()
+    shortened.maxstring = shortened.maxother = shortened.maxlong = 60
+    return shortened
+
+
+_brief = _brief_repr().repr
+"""A bounded repr of a document value for an error message."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,11 @@ class InputSpec:
     description: str | None = None
     accept: str | None = None  # x-cog-accept: file types a Path input accepts
 
+    @property
+    def secret_list(self) -> bool:
+        """A `list[Secret]` input: its Secret's value is a JSON array of strings (docs/validation.md)."""
+        return self.secret and self.value.type == "array"
+
 
 @dataclass(frozen=True)
 class TrainingSchema:
@@ -122,6 +160,11 @@ class TrainingSchema:
     def secret_names(self) -> list[str]:
         return [spec.name for spec in self.inputs.values() if spec.secret]
 
+    @property
+    def secret_list_names(self) -> list[str]:
+        """The `list[Secret]` inputs among `secret_names`."""
+        return [spec.name for spec in self.inputs.values() if spec.secret_list]
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not (
@@ -132,6 +175,11 @@ def _is_number(value: Any) -> bool:
 def _expect(condition: bool, where: str, what: str) -> None:
     if not condition:
         raise SchemaError(f"schema: {where} {what}")
+
+
+def _is_secret(node: Mapping[str, Any]) -> bool:
+    """Cog's Secret: `x-cog-secret`, or (older generators) a write-only password string."""
+    return bool(node.get("x-cog-secret")) or (node.get("format") == "password" and bool(node.get("writeOnly")))
 
 
 class _Parser:
@@ -145,10 +193,24 @@ class _Parser:
         _expect(isinstance(schemas, Mapping), "components.schemas", "must be an object")
         self.document = document
         self.schemas: Mapping[str, Any] = schemas
+        self.resolved: dict[str, dict[str, Any]] = {}  # each component is resolved once
+        self.nodes = 0
+        self.depth = 0
 
     def resolve(self, node: Any, where: str, seen: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Merge `$ref` / single-`allOf` / nullable-`anyOf` indirections into one flat node."""
         _expect(isinstance(node, Mapping), where, "must be an object")
+        self.nodes += 1
+        _expect(self.nodes <= MAX_SCHEMA_NODES, "the document",
+                f"is too complex to read (more than {MAX_SCHEMA_NODES} schema nodes to resolve)")
+        _expect(self.depth < MAX_SCHEMA_DEPTH, where, f"is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return self._resolve(node, where, seen)
+        finally:
+            self.depth -= 1
+
+    def _resolve(self, node: Mapping[str, Any], where: str, seen: frozenset[str]) -> dict[str, Any]:
         node = dict(node)
         merged: dict[str, Any] = {}
         targets: list[tuple[Any, str]] = []
@@ -182,27 +244,30 @@ class _Parser:
 
     def _deref(self, ref: Any, where: str, seen: frozenset[str]) -> dict[str, Any]:
         prefix = "#/components/schemas/"
-        _expect(isinstance(ref, str) and ref.startswith(prefix), where, f"must point into {prefix}, got {ref!r}")
+        _expect(isinstance(ref, str) and ref.startswith(prefix), where, f"must point into {prefix}, got {_brief(ref)}")
         name = ref[len(prefix):]
         _expect(name in self.schemas, where, f"points at {ref}, which the document does not define")
         _expect(name not in seen, where, f"is a circular reference through {ref}")
-        return self.resolve(self.schemas[name], f"components.schemas.{name}", seen | {name})
+        if name not in self.resolved:
+            self.resolved[name] = self.resolve(self.schemas[name], f"components.schemas.{name}", seen | {name})
+        return dict(self.resolved[name])
 
-    def value_type(self, node: Mapping[str, Any], where: str) -> ValueType:
+    def value_type(self, node: Mapping[str, Any], where: str, depth: int = 0) -> ValueType:
         declared = node.get("type")
         choices = node.get("enum")
         if choices is not None:
             _expect(isinstance(choices, list) and len(choices) > 0, f"{where}.enum", "must be a non-empty list")
         if declared is None:
             declared = _infer_type(choices) if choices else "any"
-        _expect(declared in JSON_TYPES or declared == "any", f"{where}.type", f"is {declared!r}, not a JSON type")
+        _expect(declared in JSON_TYPES or declared == "any", f"{where}.type", f"is {_brief(declared)}, not a JSON type")
         items = None
         if declared == "array" and "items" in node:
-            items = self.value_type(self.resolve(node["items"], f"{where}.items"), f"{where}.items")
+            _expect(depth < MAX_SCHEMA_DEPTH, f"{where}.items", f"is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+            items = self.value_type(self.resolve(node["items"], f"{where}.items"), f"{where}.items", depth + 1)
         bounds = {}
         for key in ("minimum", "maximum"):
             if key in node:
-                _expect(_is_number(node[key]), f"{where}.{key}", f"must be a number, got {node[key]!r}")
+                _expect(_is_number(node[key]), f"{where}.{key}", f"must be a number, got {_brief(node[key])}")
                 bounds[key] = node[key]
         exclusive = {}
         for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -210,7 +275,7 @@ class _Parser:
             if isinstance(flag, bool):
                 exclusive[bound] = flag
             elif flag is not None:  # OpenAPI 3.1 / JSON Schema 2020-12: the bound itself
-                _expect(_is_number(flag), f"{where}.{key}", f"must be a number or a boolean, got {flag!r}")
+                _expect(_is_number(flag), f"{where}.{key}", f"must be a number or a boolean, got {_brief(flag)}")
                 bounds[bound] = flag
                 exclusive[bound] = True
         counts = {}
@@ -220,7 +285,7 @@ class _Parser:
                 _expect(
                     isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     f"{where}.{key}",
-                    f"must be a non-negative integer, got {value!r}",
+                    f"must be a non-negative integer, got {_brief(value)}",
                 )
                 counts[key] = value
         pattern = node.get("pattern")
@@ -267,6 +332,7 @@ class _Parser:
             f"{where}.required",
             "must be a list of input names",
         )
+        required_names = set(required)
         specs = []
         for position, (name, raw) in enumerate(properties.items()):
             prop_where = f"{where}.properties.{name}"
@@ -274,16 +340,19 @@ class _Parser:
             order = prop.get("x-order", position)
             is_int = isinstance(order, int) and not isinstance(order, bool)
             _expect(is_int, f"{prop_where}.x-order", "must be an integer")
-            secret = bool(prop.get("x-cog-secret")) or (
-                prop.get("format") == "password" and bool(prop.get("writeOnly"))
+            value = self.value_type(prop, prop_where)
+            # list[Secret]: Cog's generator marks the items, not the property (see docs/validation.md).
+            items = prop.get("items") if value.type == "array" else None
+            secret = _is_secret(prop) or (
+                isinstance(items, Mapping) and _is_secret(self.resolve(items, f"{prop_where}.items"))
             )
             description = prop.get("description")
             accept = prop.get("x-cog-accept")
             specs.append(
                 InputSpec(
                     name=name,
-                    value=self.value_type(prop, prop_where),
-                    required=name in required,
+                    value=value,
+                    required=name in required_names,
                     order=order,
                     has_default="default" in prop,
                     default=prop.get("default"),
@@ -335,22 +404,56 @@ def parse_schema_text(text: str | bytes) -> TrainingSchema:
     return parse_schema(document)
 
 
+class CompiledPattern(Protocol):
+    """What the validator needs of a compiled pattern (an RE2 regexp)."""
+
+    def search(self, text: str) -> object | None: ...
+
+
+# Cog 0.23's validator (the `jsonschema` crate, on Rust's linear-time `regex`) gives `\s` this set,
+# found by asking Cog's own server (tests/models/patterns); it is neither ECMA-262's nor Python's.
+COG_SPACE = "\\t\\n\\x0B\\f\\r \\x{A0}\\x{2003}\\x{2029}\\x{FEFF}"
+
 _ESCAPES = {
     "\\d": "[0-9]",
     "\\D": "[^0-9]",
-    "\\w": "[A-Za-z0-9_]",
-    "\\W": "[^A-Za-z0-9_]",
-    "\\z": "\\Z",
+    "\\w": "[0-9A-Za-z_]",
+    "\\W": "[^0-9A-Za-z_]",
+    "\\s": f"[{COG_SPACE}]",
+    "\\S": f"[^{COG_SPACE}]",
 }
-_CLASS_ESCAPES = {"\\d": "0-9", "\\w": "A-Za-z0-9_"}
+# Inside a class; RE2's own \D and \W are already the ASCII ones ECMA-262 means.
+_CLASS_ESCAPES = {"\\d": "0-9", "\\w": "0-9A-Za-z_", "\\s": COG_SPACE, "\\D": "\\D", "\\W": "\\W"}
+# Cog's `\b` and `\B` are Unicode-aware (é is a word character), RE2's are ASCII-only, and a class
+# cannot hold Cog's `\S`: such patterns are left to the model server.
+# RE2's `\C` (one byte) has no counterpart in Cog.
+_UNREADABLE = ("\\b", "\\B", "\\C")
+_CLASS_UNREADABLE = ("\\b", "\\B", "\\C", "\\S")
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
-def python_pattern(pattern: str) -> str:
-    """Translate a schema `pattern` to Python's `re` with the meaning Cog's validator gives it.
+def _unicode_escape(pattern: str, i: int) -> tuple[str, int] | None:
+    """`\\uXXXX` or `\\u{X...}` at `i` as RE2's `\\x{...}`, and where it ends; None when malformed."""
+    if pattern.startswith("\\u{", i):
+        end = pattern.find("}", i + 3)
+        digits = pattern[i + 3 : end] if end > 0 else ""
+        if digits and len(digits) <= 6 and set(digits) <= _HEX:
+            return f"\\x{{{digits}}}", end + 1
+        return None
+    digits = pattern[i + 2 : i + 6]
+    if len(digits) == 4 and set(digits) <= _HEX:
+        return f"\\x{{{digits}}}", i + 6
+    return None
 
-    Cog 0.23 checks inputs with JSON Schema's ECMA-262 regex semantics (a Rust engine): `$`
-    matches only at the very end (Python's also matches before a final newline), `\\d` and `\\w`
-    are ASCII-only, `\\z` ends the text, and `(?<name>...)` names a group.
+
+def re2_pattern(pattern: str) -> str | None:
+    """Translate a schema `pattern` to RE2 with the meaning Cog's validator gives it, or None.
+
+    Cog 0.23 checks `pattern` with the `jsonschema` crate on Rust's `regex` (a linear-time
+    engine, like RE2): `$` matches only at the very end unless `(?m)`, `\\d` and `\\w` are
+    ASCII-only, `\\s` is the set in COG_SPACE, `\\uXXXX` is a code point, `(?<name>...)` names a
+    group, `\\p{L}` is a Unicode class. None: a construct RE2 cannot give Cog's meaning (a
+    Unicode `\\b`, a nested class or class set operation, a malformed `\\u`).
     """
     out: list[str] = []
     in_class = False
@@ -359,12 +462,25 @@ def python_pattern(pattern: str) -> str:
         char = pattern[i]
         if char == "\\" and i + 1 < len(pattern):
             pair = pattern[i : i + 2]
+            if pair in (_CLASS_UNREADABLE if in_class else _UNREADABLE):
+                return None
+            if pair == "\\u":
+                escape = _unicode_escape(pattern, i)
+                if escape is None:
+                    return None
+                out.append(escape[0])
+                i = escape[1]
+                continue
             out.append((_CLASS_ESCAPES if in_class else _ESCAPES).get(pair, pair))
             i += 2
             continue
         if in_class:
             if char == "]":
                 in_class = False
+            elif char == "[" and pattern[i + 1 : i + 2] != ":":
+                return None  # Rust: a nested class; RE2: a literal
+            elif pattern[i : i + 2] in ("&&", "--", "~~"):
+                return None  # Rust: set operations; RE2: literals
         elif char == "[":
             in_class = True
             out.append(char)
@@ -376,10 +492,6 @@ def python_pattern(pattern: str) -> str:
                 out.append("\\]")
                 i += 1
             continue
-        elif char == "$":
-            out.append("\\Z")
-            i += 1
-            continue
         elif pattern.startswith("(?<", i) and pattern[i + 3 : i + 4] not in ("=", "!"):
             out.append("(?P<")
             i += 3
@@ -389,10 +501,29 @@ def python_pattern(pattern: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=512)
-def compile_pattern(pattern: str) -> re.Pattern[str] | None:
-    """The compiled pattern, or None when Python's engine cannot express it."""
+def _options() -> Any:
+    options = re2.Options()
+    options.max_mem = PATTERN_MEMORY
+    options.log_errors = False
+    return options
+
+
+_OPTIONS = _options()
+
+
+@lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> CompiledPattern | None:
+    """The pattern compiled for RE2 (linear time in the text), or None when it is not checked here.
+
+    None: longer than MAX_PATTERN_CHARS, not translatable (see re2_pattern), or not compilable by
+    RE2 (lookaround, backreferences, over the memory budget). Cog's server checks it then.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return None
+    translated = re2_pattern(pattern)
+    if translated is None:
+        return None
     try:
-        return re.compile(python_pattern(pattern))
-    except (re.error, RecursionError, OverflowError):
+        return cast(CompiledPattern, re2.compile(translated, _OPTIONS))
+    except (re2.error, UnicodeEncodeError, TypeError, ValueError):
         return None

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .api import Phase
-from .contract import DRIVER_CONTAINER, MODEL_CONTAINER, DriverReport, Reason, weights_of
+from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, MODEL_CONTAINER, DriverReport, Reason, weights_of
 from .jobs import KUEUE_QUEUE_LABEL
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELED)
@@ -210,9 +210,15 @@ class Validation:
     message: str
 
 
+def bounded(message: str) -> str:
+    """A message cut to MESSAGE_LIMIT characters, so the status write is never refused for its size."""
+    return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 1] + "…"
+
+
 def _condition(kind: str, status: bool | None, reason: Reason, message: str, generation: int | None,
                previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
     value = "Unknown" if status is None else ("True" if status else "False")
+    message = bounded(message)
     before = previous.get(kind) or {}
     changed = before.get("status") != value
     return {
@@ -261,7 +267,7 @@ def status_patch(phase: Phase, reason: Reason, message: str, generation: int | N
     stamp = now if isinstance(now, str) else _stamp(now)
     patch: dict[str, Any] = {"phase": phase.value, "observedGeneration": generation, **fields}
     if phase is Phase.FAILED:
-        patch["error"] = message
+        patch["error"] = bounded(message)
     if phase in TERMINAL:
         patch.setdefault("completionTime", stamp)
     patch["conditions"] = conditions(phase, reason, message, generation, previous, stamp, validated)

@@ -42,6 +42,8 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "service-monitor": {"metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "1m",
                                                                      "labels": {"release": "prometheus"}}}},
     "minimal": {"metrics": {"enabled": False}, "webhook": {"enabled": False}},
+    "network-policy": {"watchNamespaces": ["ml"],
+                       "trainingPods": {"networkPolicy": {"enabled": True, "namespaces": ["ml", "shared"]}}},
     "custom": {
         "image": CUSTOM_IMAGE,
         "driverImage": CUSTOM_DRIVER,

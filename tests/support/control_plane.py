@@ -15,11 +15,11 @@ Standard library, `cryptography` and (for the fixtures' clients) `kubernetes` on
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -479,11 +479,18 @@ class NodeProcess:
 class Cluster:
     """A ControlPlane and node agents; `start()` returns when every node is Ready."""
 
-    def __init__(self, folder: Path, *, nodes: tuple[str, ...] = ("node-1",), models: Path | None = None,
-                 gpus: int = 4, forward_ports: tuple[int, ...] = (), binaries: Path | None = None) -> None:
+    def __init__(self, folder: Path, *, nodes: tuple[str, ...] = ("node-1",),
+                 models: Path | dict[str, str] | None = None, gpus: int = 4, forward_ports: tuple[int, ...] = (),
+                 binaries: Path | None = None) -> None:
+        """`models` maps image repositories (`host:port/path`) to Cog model folders or "host" (see node_agent.py):
+        a JSON file, or a dict written to DIR/models.json."""
         self.folder = Path(folder).resolve()
         self.control_plane = ControlPlane(self.folder, binaries)
         self.node_names = nodes
+        if isinstance(models, dict):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "models.json").write_text(json.dumps(models, indent=2) + "\n")
+            models = self.folder / "models.json"
         self.models = models
         self.gpus = gpus
         self.forward_ports = forward_ports
@@ -500,10 +507,8 @@ class Cluster:
             self.control_plane.start(timeout)
             mark = time.monotonic()
             for name in self.node_names:
-                self.nodes[name] = self._start_node(name)
-            self.control_plane.record({"nodes": [
-                {"name": n.name, "pid": n.popen.pid, "start": _start_time(n.popen.pid), "folder": str(n.folder)}
-                for n in self.nodes.values()]})
+                self.nodes[name] = self._start_node(name, provisioner=name == self.node_names[0])
+            self._record_nodes()
             for node in self.nodes.values():
                 self.wait_node_ready(node.name, timeout)
             self.timings["nodes"] = time.monotonic() - mark
@@ -514,18 +519,48 @@ class Cluster:
         self.timings["total"] = time.monotonic() - began
         return self
 
-    def _start_node(self, name: str) -> NodeProcess:
+    def _record_nodes(self) -> None:
+        self.control_plane.record({"nodes": [
+            {"name": n.name, "pid": n.popen.pid, "start": _start_time(n.popen.pid), "folder": str(n.folder)}
+            for n in self.nodes.values()]})
+
+    def add_node(self, name: str, timeout: float = 60) -> NodeProcess:
+        """Another node agent; returns when its node is Ready."""
+        node = self.nodes[name] = self._start_node(name, provisioner=False)
+        self._record_nodes()
+        self.wait_node_ready(name, timeout)
+        return node
+
+    def stop_node(self, name: str, delete: bool = True) -> None:
+        """End a node agent (its containers are killed) and, with `delete`, remove its Node object."""
+        node = self.nodes.pop(name)
+        terminate([node.popen.pid], grace=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.popen.wait(timeout=5)
+        self._record_nodes()
+        if delete:
+            from kubernetes import client
+
+            with contextlib.suppress(client.ApiException):
+                client.CoreV1Api(self.api_client()).delete_node(name)
+
+    def api_client(self) -> Any:
+        """A `kubernetes.client.ApiClient` with cluster-admin rights."""
+        return self.control_plane.kubernetes_client()
+
+    def _start_node(self, name: str, provisioner: bool) -> NodeProcess:
         cp = self.control_plane
         kubeconfig = cp.client_kubeconfig(f"node-{name}", f"system:node:{name}", ("system:nodes",))
         folder = self.folder / "nodes" / name
         folder.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, str(NODE_AGENT), "--kubeconfig", str(kubeconfig), "--node-name", name,
                 "--dir", str(folder), "--pvc-root", str(self.folder / "pvc"), "--gpus", str(self.gpus),
-                "--admin-kubeconfig", str(cp.kubeconfig),
                 "--forward-ports", ",".join(str(p) for p in (cp.api_port, *self.forward_ports)),
                 "--forward-ports-file", str(self.folder / "forward-ports")]
         if self.models is not None:
             args += ["--models", str(self.models)]
+        if provisioner:
+            args += ["--admin-kubeconfig", str(cp.kubeconfig)]
         process = _start_process(f"node-agent-{name}", args, cp.logs)
         return NodeProcess(name, process.popen, process.log, folder)
 
@@ -637,5 +672,52 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "e2e: runs on a real Kubernetes control plane and node agent")
 
 
-def remove_folder(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+# --- scripts/cluster ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="scripts/cluster", description="A Kubernetes control plane and node "
+                                     "agents on loopback, in the background (docs/cluster.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start; returns when every node is Ready")
+    up.add_argument("dir", type=Path)
+    up.add_argument("--models", type=Path, help='JSON: image repository -> Cog model folder or "host"')
+    up.add_argument("--nodes", type=int, default=1)
+    up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu per node")
+    up.add_argument("--forward-port", type=int, action="append", default=[],
+                    help="a loopback port of this machine that Pods reach at the same address (repeatable)")
+    down = commands.add_parser("down", help="stop what `up` started")
+    down.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    folder = args.dir.resolve()
+    if args.command == "down":
+        stopped = stop_recorded(folder)
+        print(f"stopped {', '.join(stopped)}" if stopped else f"nothing running for {folder}")
+        return 0
+    if (folder / PROCESSES_FILE).exists() and any(
+            _start_time(e["pid"]) == e.get("start")
+            for e in json.loads((folder / PROCESSES_FILE).read_text()).get("control_plane", [])):
+        print(f"a cluster already runs in {folder}; `scripts/cluster down {args.dir}` first", file=sys.stderr)
+        return 1
+    folder.mkdir(parents=True, exist_ok=True)
+    models = args.models.resolve() if args.models else None
+    cluster = Cluster(folder, nodes=tuple(f"node-{i}" for i in range(1, args.nodes + 1)), models=models,
+                      gpus=args.gpus, forward_ports=tuple(args.forward_port))
+    try:
+        cluster.start()
+    except BaseException as error:
+        print(f"the cluster did not start: {error}", file=sys.stderr)
+        return 1
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in cluster.timings.items() if k not in ("binaries", "total"))
+    print(f"cluster up in {cluster.timings['total']:.1f} s ({timings})")
+    print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    print(f"  kubectl: {cluster.control_plane.kubectl}")
+    print(f"  logs: {cluster.control_plane.logs}/")
+    print(f"  stop: scripts/cluster down {args.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -407,7 +407,6 @@ class Container:
     log_path: Path | None = None
     termination_file: Path | None = None
     error_file: Path | None = None
-    ever_terminated_ok: bool = False
 
     @property
     def name(self) -> str:
@@ -469,9 +468,8 @@ class PodWorker:
         for c in spec.get("containers") or []:
             self.containers.append(Container(c, "main"))
         for c in self.containers:
-            if c.kind != "init" or c is self.containers[0]:
-                c.state = {"waiting": {"reason": "PodInitializing"}} if c.kind == "main" and self._has_init() \
-                    else {"waiting": {"reason": "ContainerCreating"}}
+            c.state = {"waiting": {"reason": "PodInitializing" if self._has_init() else "ContainerCreating"}}
+        self.readonly_volumes: set[str] = set()
         self.initialized = not any(c.kind in ("init", "sidecar") for c in self.containers)
         self.terminal_phase: str | None = None
         self.published: str = ""
@@ -571,24 +569,27 @@ class PodWorker:
 
     def _start_when_due(self, c: Container) -> None:
         now_ = time.monotonic()
-        if now_ < c.next_attempt:
-            waiting = c.state.get("waiting") or {}
-            if waiting.get("reason") == "ErrImagePull" and now_ - c.pull_failed_at > 2:
-                c.state = {"waiting": {"reason": "ImagePullBackOff",
-                                       "message": f'Back-off pulling image "{c.spec.get("image")}"'}}
-                self.agent.event(self.pod, "Normal", "BackOff", f'Back-off pulling image "{c.spec.get("image")}"')
-            if c.terminated and c.restart_count >= 0 and c.kind != "init" or (c.terminated and c.kind == "init"):
-                c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                       "message": f"back-off {int(c.backoff)}s restarting failed container="
-                                                  f"{c.name} pod={self.pod['metadata']['name']}_"
-                                                  f"{self.pod['metadata']['namespace']}({self.uid})"}}
-                c.last_state = {"terminated": c.last_state.get("terminated") or {}} if c.last_state else {}
+        if now_ >= c.next_attempt:
+            self._start(c)
             return
-        self._start(c)
+        waiting = c.state.get("waiting") or {}
+        if waiting.get("reason") == "ErrImagePull" and now_ - c.pull_failed_at > 2:
+            c.state = {"waiting": {"reason": "ImagePullBackOff",
+                                   "message": f'Back-off pulling image "{c.spec.get("image")}"'}}
+            self.agent.event(self.pod, "Normal", "BackOff", f'Back-off pulling image "{c.spec.get("image")}"')
+        elif c.terminated is not None:
+            meta = self.pod["metadata"]
+            c.last_state = {"terminated": c.terminated}
+            c.state = {"waiting": {"reason": "CrashLoopBackOff",
+                                   "message": f"back-off {int(c.backoff)}s restarting failed container={c.name} "
+                                              f"pod={meta['name']}_{meta['namespace']}({self.uid})"}}
+            self.agent.event(self.pod, "Warning", "BackOff", "Back-off restarting failed container "
+                             f"{c.name} in pod {meta['name']}_{meta['namespace']}({self.uid})")
 
     def _backoff(self, c: Container) -> None:
-        c.backoff = min(300.0, c.backoff * 2 if c.backoff else 10.0)
+        """As the kubelet's: the first restart at once, then after 10 s, 20 s, ... up to 5 minutes."""
         c.next_attempt = time.monotonic() + c.backoff
+        c.backoff = min(300.0, c.backoff * 2 if c.backoff else 10.0)
 
     # -- starting a container --
 
@@ -804,7 +805,6 @@ class PodWorker:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.start_time:
                 self.start_time = now()
-            self.readonly_volumes: set[str] = set()
             for volume in self.pod["spec"].get("volumes") or []:
                 self.mounts[volume["name"]] = self._volume(volume)
             if not self.pod["spec"].get("hostNetwork") and self.netns is None:
@@ -1002,15 +1002,7 @@ class PodWorker:
         c.state = {"terminated": terminated}
         c.popen = None
         self.agent.forget_process(self, c)
-        if exit_code == 0:
-            c.ever_terminated_ok = True
-            c.backoff = 0
-            c.next_attempt = time.monotonic() + (1 if c.kind != "main" else 0)
-        else:
-            self._backoff(c)
-            if c.kind == "sidecar":
-                c.next_attempt = min(c.next_attempt, time.monotonic() + 1) if c.restart_count == 0 \
-                    else c.next_attempt
+        self._backoff(c)
         self.wake.set()
 
     def _termination_message(self, c: Container, exit_code: int) -> str:
@@ -1073,12 +1065,6 @@ class PodWorker:
         self._become_terminal()
 
     def _become_terminal(self) -> None:
-        for c in self.containers:
-            if c.terminated is None:
-                c.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                          "message": "The container could not be located when the pod was "
-                                                     "terminated", "startedAt": None, "finishedAt": None}}
-                c.state["terminated"] = {k: v for k, v in c.state["terminated"].items() if v is not None}
         self.terminal_phase = self._phase(terminal=True)
         self._teardown()
         self._publish()
@@ -1147,18 +1133,18 @@ class PodWorker:
                 stopped += 1
             else:
                 waiting += 1
-        if terminal and pending_init:
-            return "Failed"
+        if terminal:  # a Pod the kubelet is done with is Succeeded only if every container succeeded
+            return "Succeeded" if stopped and stopped == succeeded and not waiting and not pending_init else "Failed"
         if waiting:
             return "Pending"
         if running:
             return "Running"
         if stopped:
-            if policy == "Always" and not terminal:
+            if policy == "Always":
                 return "Running"
             if stopped == succeeded:
                 return "Succeeded"
-            if policy == "Never" or terminal:
+            if policy == "Never":
                 return "Failed"
             return "Running"
         return "Pending"
@@ -1476,6 +1462,8 @@ class NodeAgent:
                 with self.lock:
                     missing = [w for uid, w in self.workers.items() if uid not in seen]
                 for worker in missing:
+                    with self.lock:
+                        self.workers.pop(worker.uid, None)
                     worker.gone()
                 while not self.stopping.is_set():
                     for event in self.kube.watch("/api/v1/pods", {**selector, "resourceVersion": version}, 60):
@@ -1499,6 +1487,7 @@ class NodeAgent:
             worker = self.workers.get(uid)
             if kind == "DELETED":
                 if worker is not None:
+                    del self.workers[uid]
                     worker.gone()
                 return
             if worker is None:
@@ -1512,8 +1501,10 @@ class NodeAgent:
         worker.update(pod)
 
     def forget(self, worker: PodWorker) -> None:
+        """A worker whose Pod is gone from the API; one that only finished stays, so that later events
+        about its Pod (a finalizer removed, say) do not start it again."""
         with self.lock:
-            if self.workers.get(worker.uid) is worker and (worker.deleted_from_api or worker.removed):
+            if self.workers.get(worker.uid) is worker and worker.removed:
                 del self.workers[worker.uid]
 
     def record_process(self, worker: PodWorker, c: Container) -> None:
@@ -1549,11 +1540,23 @@ class NodeAgent:
                         f'failed to resolve reference "{image}": {image}: not found '
                         "(the node agent maps no model folder to this repository)")
 
+    def read(self, path: str, method: str = "GET", body: Any = None) -> Any:
+        """A read the Node authorizer allows once it has seen the Pod that references the object: its graph
+        follows the API a moment behind this agent's watch, so a 403 is retried for a few seconds."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self.kube.request(method, path, body, ok_missing=True)
+            except ApiError as error:
+                if error.status != 403 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def get_config(self, namespace: str, kind: str, name: str, optional: bool) -> dict[str, str] | None:
         """A Secret's or ConfigMap's data (decoded); None when missing and optional, else ConfigError."""
         resource = "secrets" if kind == "secret" else "configmaps"
         try:
-            obj = self.kube.request("GET", f"/api/v1/namespaces/{namespace}/{resource}/{name}", ok_missing=True)
+            obj = self.read(f"/api/v1/namespaces/{namespace}/{resource}/{name}")
         except ApiError as error:
             raise ConfigError(f'{kind} "{name}" could not be read: {error}') from error
         if obj is None:
@@ -1575,16 +1578,14 @@ class NodeAgent:
                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
                                             "uid": meta["uid"]}}}
         try:
-            answer = self.kube.request(
-                "POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token", body)
+            answer = self.read(f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token", "POST", body)
         except ApiError as error:
             raise ConfigError(f"failed to fetch token: {error}") from error
         return str(answer["status"]["token"])
 
     def claim_folder(self, namespace: str, claim: str) -> Path:
         try:
-            pvc = self.kube.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}",
-                                    ok_missing=True)
+            pvc = self.read(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
         except ApiError as error:
             raise ConfigError(f'persistentvolumeclaim "{claim}" could not be read: {error}') from error
         if pvc is None:
@@ -1593,7 +1594,7 @@ class NodeAgent:
         volume = (pvc.get("spec") or {}).get("volumeName")
         if volume:
             with contextlib.suppress(ApiError):
-                pv = self.kube.request("GET", f"/api/v1/persistentvolumes/{volume}", ok_missing=True)
+                pv = self.read(f"/api/v1/persistentvolumes/{volume}")
                 host_path = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
                 if host_path:
                     folder = Path(host_path)
