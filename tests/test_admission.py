@@ -364,3 +364,41 @@ def test_updates_ask_no_permissions(webhook: tuple[Webhook, RunningOperator], re
     new = {**old, "spec": {**old["spec"], "cancel": True}}
     assert hook.review("UPDATE", new, old)["allowed"] is True
     assert reviews.asked == []
+
+
+class _SlowAuthorization:
+    """An authorization API whose every answer takes `delay` seconds (a loaded API server)."""
+
+    def __init__(self, delay: float, allow: bool = True) -> None:
+        self.delay, self.allow, self.asked = delay, allow, []
+
+    def create_subject_access_review(self, review: Any, _request_timeout: float = 0) -> Any:
+        self.asked.append(review.spec)
+        time.sleep(self.delay)
+        return client.V1SubjectAccessReview(spec=review.spec, status=client.V1SubjectAccessReviewStatus(
+            allowed=self.allow))
+
+
+@pytest.mark.unit
+def test_many_secrets_are_checked_at_once_within_one_deadline() -> None:
+    spec = {"secretInputs": {f"s{i}": {"name": f"secret-{i}", "key": "k"} for i in range(63)}}
+    api = _SlowAuthorization(0.2)
+    started = time.monotonic()
+    assert access.refusals(api, {"username": "alice"}, "ml", access.needs(spec), deadline=3) == []  # type: ignore[arg-type]
+    assert time.monotonic() - started < 3 and len(api.asked) == 64, "concurrent, not 64 x 0.2 s"
+
+
+@pytest.mark.unit
+def test_reviews_that_do_not_answer_in_time_deny() -> None:
+    with pytest.raises(TimeoutError):
+        access.refusals(_SlowAuthorization(2), {"username": "alice"}, "ml",  # type: ignore[arg-type]
+                        access.needs({}), deadline=0.3)
+
+
+@pytest.mark.unit
+def test_odd_user_info_is_passed_as_lists_of_strings_only() -> None:
+    api = _SlowAuthorization(0)
+    access.refusals(api, {"username": "alice", "groups": "admins", "extra": {"scopes": "abc", "x": ["y"]}},  # type: ignore[arg-type]
+                    "ml", access.needs({}))
+    [spec] = api.asked
+    assert spec.groups == [] and spec.extra == {"scopes": [], "x": ["y"]}, "a string is not split into letters"

@@ -609,10 +609,12 @@ def test_training_pod_defaults_reach_the_job() -> None:
 # --- webhook, certificates, metrics, peering -----------------------------------------------------------------
 
 
-def webhook_of(values: dict[str, Any] | None = None) -> dict[str, Any]:
+def webhook_of(values: dict[str, Any] | None = None, operation: str = "CREATE") -> dict[str, Any]:
+    """The configuration's entry for one operation (CREATE and UPDATE are separate entries)."""
     configuration = one(render_chart(values), "ValidatingWebhookConfiguration")
     assert configuration["metadata"]["name"] == FULLNAME
-    [webhook] = configuration["webhooks"]
+    assert [w["rules"][0]["operations"] for w in configuration["webhooks"]] == [["CREATE"], ["UPDATE"]]
+    [webhook] = [w for w in configuration["webhooks"] if w["rules"][0]["operations"] == [operation]]
     return webhook
 
 
@@ -624,11 +626,16 @@ def test_webhook_defaults() -> None:
     assert webhook["clientConfig"] == {"service": {"name": f"{FULLNAME}-webhook", "namespace": NAMESPACE,
                                                    "path": "/validate-training", "port": 443}}
     assert webhook["rules"] == [{"apiGroups": ["cog.run"], "apiVersions": ["v1alpha1"],
-                                 "operations": ["CREATE", "UPDATE"], "resources": ["trainings"],
+                                 "operations": ["CREATE"], "resources": ["trainings"],
                                  "scope": "Namespaced"}]
     assert (webhook["sideEffects"], webhook["admissionReviewVersions"]) == ("None", ["v1"])
-    assert (webhook["timeoutSeconds"], webhook["failurePolicy"], webhook["matchPolicy"]) == (5, "Ignore", "Equivalent")
+    assert (webhook["timeoutSeconds"], webhook["failurePolicy"], webhook["matchPolicy"]) == (5, "Fail", "Equivalent"), (
+        "CREATE checks the creator's permissions: an unreachable webhook must not admit unchecked Trainings")
     assert "namespaceSelector" not in webhook
+    update = webhook_of(operation="UPDATE")
+    assert update["name"] == "updates.trainings.cog.run" and update["failurePolicy"] == "Ignore"
+    assert {k: v for k, v in update.items() if k not in ("name", "rules", "failurePolicy")} == {
+        k: v for k, v in webhook.items() if k not in ("name", "rules", "failurePolicy")}
     configuration = one(objects, "ValidatingWebhookConfiguration")
     assert "cert-manager.io/inject-ca-from" not in (configuration["metadata"].get("annotations") or {})
     assert not objects_of(objects, "Certificate") and not objects_of(objects, "Issuer")
@@ -643,10 +650,11 @@ def test_webhook_defaults() -> None:
 
 @pytest.mark.unit
 def test_webhook_namespaced_selector_and_settings() -> None:
-    webhook = webhook_of(COMBINATIONS["namespaced"])
-    assert webhook["namespaceSelector"] == {"matchExpressions": [
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "research"]}]}
-    webhook = webhook_of(COMBINATIONS["cert-manager"])
+    for operation in ("CREATE", "UPDATE"):
+        webhook = webhook_of(COMBINATIONS["namespaced"], operation)
+        assert webhook["namespaceSelector"] == {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "research"]}]}
+    webhook = webhook_of(COMBINATIONS["cert-manager"], "UPDATE")
     assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == ("Fail", 10)
     container = operator_container({"webhook": {"port": 8443}})
     assert {"name": "webhook", "containerPort": 8443, "protocol": "TCP"} in container["ports"]
@@ -901,3 +909,9 @@ def test_training_pods_can_be_closed_to_all_ingress() -> None:
     for policy in policies:
         assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"] == []
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), "it selects the training Pods"
+
+
+@pytest.mark.unit
+def test_a_network_policy_without_namespaces_in_cluster_mode_is_an_error() -> None:
+    with pytest.raises(Exception, match="needs trainingPods.networkPolicy.namespaces"):
+        render_chart({"trainingPods": {"networkPolicy": {"enabled": True}}})

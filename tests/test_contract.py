@@ -79,3 +79,4 @@ def test_status_reads_the_driver_report_through_the_contract() -> None:
     pod = {"status": {"containerStatuses": [{"name": "driver", "state": {"terminated": {
         "exitCode": 10, "message": DriverReport.failure(Reason.INPUT_REJECTED, "no").encode()}}}]}}
     assert status.explain_pod_failure(pod) == (Reason.INPUT_REJECTED, "no")
+

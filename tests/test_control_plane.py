@@ -22,8 +22,9 @@ from support.paths import EXAMPLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-MODEL_IMAGE = "127.0.0.1:5999/acme/hello-train"
-cluster = cluster_fixture(models={MODEL_IMAGE: str(EXAMPLES / "hello-train")})
+MODEL_IMAGE = "127.0.0.1:5999/acme/hello-train"  # no registry: the node agent maps it to the model's folder
+# One cluster for the session (move this line to conftest.py to share it with other modules).
+cluster = cluster_fixture()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.2) -> Any:
@@ -148,6 +149,57 @@ def test_a_job_completes_through_the_job_controller_and_scheduler(api: client.Ap
     assert conditions["PodScheduled"][0] == "True"
 
 
+def test_volumes_and_the_security_context_apply_inside_the_container(api: client.ApiClient,
+                                                                     namespace: str) -> None:
+    client.CoreV1Api(api).create_namespaced_config_map(namespace, {"metadata": {"name": "settings"},
+                                                                   "data": {"mode": "fast"}})
+    fill = host_container("fill", "open('/data/data.txt', 'w').write('from init')",
+                          volumeMounts=[{"name": "work", "mountPath": "/data"}])
+    check = """
+import json, os
+report = {"data": open('/data/data.txt').read(), "mode": open('/config/mode').read()}
+for path in ('/etc/cogtrain-test-probe', '/config/other'):
+    try:
+        open(path, 'w')
+        report[path] = 'written'
+    except OSError as error:
+        report[path] = error.strerror
+report["capabilities"] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
+open('/dev/termination-log', 'w').write(json.dumps(report))
+"""
+    main = host_container("main", check, volumeMounts=[
+        {"name": "work", "mountPath": "/data", "readOnly": True}, {"name": "config", "mountPath": "/config"}],
+        securityContext={"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                         "capabilities": {"drop": ["ALL"]}})
+    client.BatchV1Api(api).create_namespaced_job(namespace, job("volumes", [main], init=[fill], volumes=[
+        {"name": "work", "emptyDir": {}}, {"name": "config", "configMap": {"name": "settings"}}]))
+    assert wait_for("the Job to end", lambda: job_condition(api, namespace, "volumes")) == "Complete"
+    report = json.loads(job_pod(api, namespace, "volumes").status.container_statuses[0].state.terminated.message)
+    assert report == {"data": "from init", "mode": "fast", "/etc/cogtrain-test-probe": "Read-only file system",
+                      "/config/other": "Read-only file system", "capabilities": "0000000000000000"}
+
+
+def test_a_pod_reaches_the_api_server_with_its_service_account_token(api: client.ApiClient,
+                                                                     namespace: str) -> None:
+    script = """
+import json, os, ssl, urllib.error, urllib.request
+folder = '/var/run/secrets/kubernetes.io/serviceaccount'
+token, namespace = open(folder + '/token').read(), open(folder + '/namespace').read()
+url = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+context = ssl.create_default_context(cafile=folder + '/ca.crt')
+request = urllib.request.Request(f"{url}/api/v1/namespaces/{namespace}/secrets",
+                                 headers={'Authorization': 'Bearer ' + token})
+try:
+    urllib.request.urlopen(request, context=context)
+except urllib.error.HTTPError as error:
+    open('/dev/termination-log', 'w').write(json.dumps({'code': error.code, 'reason': json.load(error)['reason']}))
+"""
+    client.BatchV1Api(api).create_namespaced_job(namespace, job("in-cluster", [host_container("main", script)]))
+    assert wait_for("the Job to end", lambda: job_condition(api, namespace, "in-cluster")) == "Complete"
+    message = job_pod(api, namespace, "in-cluster").status.container_statuses[0].state.terminated.message
+    assert json.loads(message) == {"code": 403, "reason": "Forbidden"}  # reached, authenticated, refused by RBAC
+
+
 def test_a_native_sidecar_stops_when_the_main_container_exits(api: client.ApiClient, namespace: str) -> None:
     server = host_container("server", "", restartPolicy="Always", command=[
         "python", "-m", "http.server", "5000", "--bind", "127.0.0.1"],
@@ -165,6 +217,30 @@ def test_a_native_sidecar_stops_when_the_main_container_exits(api: client.ApiCli
     assert main_started >= sidecar.state.terminated.started_at
 
 
+def test_a_sidecar_that_exits_early_is_restarted(api: client.ApiClient, namespace: str) -> None:
+    sidecar = host_container("helper", "print('helping')", restartPolicy="Always")
+    main = host_container("main", "import time; time.sleep(4)")
+    client.BatchV1Api(api).create_namespaced_job(namespace, job("restarts", [main], init=[sidecar]))
+    assert wait_for("the Job to end", lambda: job_condition(api, namespace, "restarts")) == "Complete"
+    status = job_pod(api, namespace, "restarts").status.init_container_statuses[0]
+    assert status.restart_count >= 1
+    assert status.last_state.terminated.exit_code == 0
+
+
+def test_a_crashing_container_is_restarted_with_back_off(api: client.ApiClient, namespace: str) -> None:
+    crash = host_container("main", "import sys; print('crashing'); sys.exit(1)")
+    client.CoreV1Api(api).create_namespaced_pod(namespace, pod_manifest("crash", [crash], restartPolicy="OnFailure"))
+
+    def backing_off() -> Any:
+        statuses = read_pod(api, namespace, "crash").status.container_statuses or []
+        waiting = statuses and statuses[0].state.waiting
+        return waiting and waiting.reason == "CrashLoopBackOff" and statuses[0]
+    status = wait_for("CrashLoopBackOff", backing_off, timeout=20)
+    assert status.restart_count == 1  # restarted at once, then 10 s of back-off
+    assert status.last_state.terminated.exit_code == 1
+    assert phase(api, namespace, "crash") == "Running"  # OnFailure: still restarting
+
+
 def test_a_failing_container_fails_the_pod_with_its_exit_code_and_message(api: client.ApiClient,
                                                                           namespace: str) -> None:
     script = ("import sys; open('/dev/termination-log', 'w').write('x' * 5000 + 'the end'); "
@@ -176,6 +252,15 @@ def test_a_failing_container_fails_the_pod_with_its_exit_code_and_message(api: c
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (3, "Error")
     assert len(terminated.message) == 4096 and terminated.message.endswith("the end")  # the tail, as the kubelet keeps
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed(api: client.ApiClient, namespace: str) -> None:
+    hog = host_container("main", "x = bytearray(400 * 1024 * 1024); print(len(x))",
+                         resources={"limits": {"memory": "64Mi"}})
+    client.BatchV1Api(api).create_namespaced_job(namespace, job("hog", [hog]))
+    assert wait_for("the Job to end", lambda: job_condition(api, namespace, "hog")) == "Failed"
+    terminated = job_pod(api, namespace, "hog").status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (137, "OOMKilled")
 
 
 def test_a_missing_secret_holds_the_container_in_create_container_config_error(api: client.ApiClient,
@@ -288,12 +373,15 @@ def test_a_node_set_not_ready_gets_the_not_ready_taint(api: client.ApiClient, cl
 
     def taints() -> set[tuple[str, str]]:
         return {(t.key, t.effect) for t in core.read_node("spare").spec.taints or []}
+    def ready() -> str:
+        return str(next(c for c in core.read_node("spare").status.conditions if c.type == "Ready").status)
     try:
+        # A new Node starts with the taint (TaintNodesByCondition); the controller lifts it once it is Ready.
+        wait_for("the new node's taint to go", lambda: not taints(), timeout=30)
         node.set_ready(False)
+        wait_for("Ready=False", lambda: ready() == "False", timeout=10)
         wait_for("the not-ready taint", lambda: ("node.kubernetes.io/not-ready", "NoSchedule") in taints(),
                  timeout=30)
-        ready = next(c for c in core.read_node("spare").status.conditions if c.type == "Ready")
-        assert ready.status == "False"
         node.set_ready(True)
         wait_for("the taint to go", lambda: not any(k == "node.kubernetes.io/not-ready" for k, _ in taints()),
                  timeout=30)
@@ -301,13 +389,15 @@ def test_a_node_set_not_ready_gets_the_not_ready_taint(api: client.ApiClient, cl
         cluster.stop_node("spare")
 
 
-def test_the_operators_training_pod_runs_cog_and_the_driver(api: client.ApiClient, namespace: str) -> None:
+def test_the_operators_training_pod_runs_cog_and_the_driver(api: client.ApiClient, cluster: Cluster,
+                                                            namespace: str) -> None:
     """The Job `jobs.build_job` writes, unchanged but for its owner: Cog's server as a native sidecar with the
     model's folder, `cogtrain drive` with a read-only root, a pvc:// destination on a provisioned volume."""
     from cogtrain.api import Training
     from cogtrain.jobs import build_job
     from cogtrain.settings import Settings
 
+    cluster.add_model(MODEL_IMAGE, EXAMPLES / "hello-train")
     core = client.CoreV1Api(api)
     core.create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": "trainings"},

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
+import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cogtrain.cli import main
-from cogtrain.contract import Reason
+from cogtrain.contract import TERMINATION_LIMIT, DriverReport, Reason
 from cogtrain.destinations import DriverError, LocalDestination, safe_name
-from cogtrain.driver import Driver, Receiver, termination_message
+from cogtrain.driver import (
+    OUTPUT_LIMIT,
+    DataUrlFile,
+    Driver,
+    Inbox,
+    Receiver,
+    RedactingWriter,
+    Redactor,
+    Spooled,
+    termination_message,
+)
+from cogtrain.jsonstream import Budget, JSONStreamError, Reader
 from cogtrain.local import parse_inputs, run_training
 from cogtrain.schema import parse_schema
 from support.cogserver import free_port, prepare_model, start_cog_server
-from support.driving import drive_to_end, expect_failure, start_drive
+from support.driving import PeakMemory, drive_to_end, expect_failure, run_within, start_drive
 from support.paths import DRIVER_MODELS, EXAMPLES, SEED_MODELS, load_schema_document
 
 
@@ -255,3 +270,340 @@ def test_setup_failure_is_final_and_reported_with_the_setup_logs(tmp_path: Path)
     assert "/weights/base.safetensors" in log.getvalue(), "the setup logs go to the driver's output"
     assert server.process.returncode is not None, "the model server was told to shut down"
     assert list((tmp_path / "dest").iterdir()) == [], "nothing stored"
+
+
+def _flood_line(number: int, width: int = 1000) -> str:
+    """Line `number` of the floods model's log."""
+    head = f"line {number} "
+    return head + "x" * (width - len(head) - 1) + "\n"
+
+
+@pytest.mark.integration
+def test_a_log_flood_and_a_large_inline_file_do_not_grow_the_driver(tmp_path: Path) -> None:
+    """Cog re-sends the whole log in every webhook (here up to 20 MB each) and returns a TrainingOutput's
+    file inline as a base64 data: URL (here 16 MB, 21 MB encoded, sent twice): the driver reads webhooks
+    as they arrive, prints only the log's new part, decodes the file straight to scratch."""
+    megabytes, weights_megabytes = 20, 16
+    logs = tmp_path / "logs.txt"
+    with logs.open("w") as out:
+        server, process = start_drive(tmp_path, DRIVER_MODELS / "floods", {
+            "COGTRAIN_INPUT_megabytes": str(megabytes), "COGTRAIN_INPUT_weights_megabytes": str(weights_megabytes)},
+            stdout=out)
+        memory = PeakMemory(process.pid)
+        try:
+            _, err = process.communicate(timeout=300)
+            server.process.wait(timeout=20)
+        finally:
+            server.stop()
+    peak = memory.stop()
+    assert process.returncode == 0, err
+    assert memory.readings > 10, "the driver's memory was read while it ran"
+    assert peak < 60 * 2**20, f"the driver's peak RSS (VmHWM) was {peak / 2**20:.0f} MiB"
+    with logs.open() as printed:
+        count = 0
+        for count, line in enumerate(printed, 1):
+            assert line == _flood_line(count - 1), f"log line {count - 1} is not what the model printed"
+    assert count == megabytes * 1000, "every line printed once, in order"
+    report = json.loads((tmp_path / "termination-log").read_text())
+    assert report["output"] == {"weights": "pvc://weights/team/ml/tok/output"}
+    stored = (tmp_path / "mnt" / "team" / "ml" / "tok" / "output").read_bytes()
+    assert stored == b"".join(i.to_bytes(4, "big") * 250_000 for i in range(weights_megabytes))
+
+
+class _Body:
+    """A request body read in pieces of at most `size` bytes, recording the largest read asked for."""
+
+    def __init__(self, data: bytes | str, size: int = 65536) -> None:
+        self.data = data.encode() if isinstance(data, str) else data
+        self.size, self.at, self.largest = size, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        self.largest = max(self.largest, n)
+        piece = self.data[self.at : self.at + min(self.size, n if n >= 0 else len(self.data))]
+        self.at += len(piece)
+        return piece
+
+
+class _Sink(io.StringIO):
+    """A log stream that records its largest single write."""
+
+    largest = 0
+
+    def write(self, text: str) -> int:
+        self.largest = max(self.largest, len(text))
+        return super().write(text)
+
+
+_DOCUMENTS = [
+    '{"a": 1, "b": [true, false, null], "c": {"d": -1.5e3, "e": ""}, "f": 0}',
+    '"plain \\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00 caf\u00e9 \U0001f600 \u8bad\u7ec3"',
+    '  [ 1 , 2.25 ,  "x" , [ ] , { } , -0 , 1E+2 ]  ',
+    json.dumps({"logs": "line\\n" * 50 + "\u00e9\u4e2d\U0001f600" * 30, "output": ["a", {"b": [1, 2]}]}),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("document", _DOCUMENTS)
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 65536])
+def test_json_stream_reads_what_json_loads_reads(document: str, piece: int) -> None:
+    reader = Reader(_Body(document, piece).read, chunk=piece)
+    budget = Budget(10**6)
+    assert reader.value(budget) == json.loads(document) and not budget.exceeded
+    reader.end()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("document", ['{"a" 1}', '{"a": 1', '"open', '[1, 2', "nul", '"\\x"', '01', '{"a": 1} 2',
+                                      "[" * 100 + "]" * 100, b'"\xff"'])
+def test_json_stream_refuses_what_is_not_json(document: str | bytes) -> None:
+    reader = Reader(_Body(document, 3).read, chunk=3)
+    with pytest.raises(JSONStreamError):
+        reader.value(Budget(10**6))
+        reader.end()
+
+
+@pytest.mark.unit
+def test_json_stream_keeps_only_what_its_budget_allows() -> None:
+    budget = Budget(10)
+    value = Reader(_Body('{"short": "abc", "long": "' + "x" * 1000 + '", "after": 1}').read).value(budget)
+    assert budget.exceeded and value["short"] == "abc" and "x" * 11 not in json.dumps(value)
+    assert Reader(_Body('{"a": {"b": 1}}').read).members  # a streaming object: keys one by one
+    reader = Reader(_Body('{"skip": [1, {"x": "' + "y" * 100000 + '"}], "keep": 2}').read)
+    seen = {}
+    for key in reader.members():
+        if key == "keep":
+            seen[key] = reader.value(Budget(10))
+        else:
+            reader.skip()
+    assert seen == {"keep": 2}
+
+
+def _webhook(**fields: object) -> bytes:
+    return json.dumps({"id": "t", "input": {"steps": 1}, **fields}).encode()
+
+
+@pytest.mark.unit
+def test_each_webhook_prints_only_the_logs_new_part_in_bounded_pieces(tmp_path: Path) -> None:
+    """Cog re-sends the whole log in every webhook: it is read and printed piece by piece, never whole."""
+    log = _Sink()
+    inbox = Inbox(tmp_path, log, io.StringIO())
+    lines = [f"step {i} loss {1 / (i + 1):.4f} caf\u00e9 \U0001f600\n" for i in range(200_000)]  # ~7 MB
+    bodies = [_Body(_webhook(status="processing", logs="".join(lines[:n])), 65536) for n in (10, 120_000, 200_000)]
+    for body in bodies:
+        inbox.webhook(body.read)
+    inbox.webhook(_Body(_webhook(status="succeeded", logs="".join(lines), output="w")).read)
+    assert log.getvalue() == "".join(lines), "every line once, in order"
+    assert log.largest <= 65536 and max(body.largest for body in bodies) <= 65536
+    assert inbox.state.done.is_set() and inbox.state.output == "w"
+
+
+@pytest.mark.unit
+def test_a_data_url_in_the_output_is_decoded_to_a_file_as_it_arrives(tmp_path: Path) -> None:
+    weights = bytes(range(256)) * 4099
+    url = "data:application/octet-stream;base64," + base64.b64encode(weights).decode()
+    inbox = Inbox(tmp_path, io.StringIO(), io.StringIO())
+    inbox.webhook(_Body(_webhook(status="processing", output={"weights": url}), 1000).read)
+    assert list(tmp_path.iterdir()) == [], "the output of a webhook before the last is not kept"
+    inbox.webhook(_Body(_webhook(status="succeeded", output={"weights": url, "note": "data"}), 1000).read)
+    spooled = inbox.state.output["weights"]
+    assert isinstance(spooled, Spooled) and spooled.path.read_bytes() == weights
+    assert inbox.state.output["note"] == "data"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 4096])
+def test_data_urls_decode_the_same_in_any_pieces(tmp_path: Path, piece: int) -> None:
+    data = bytes(range(256)) * 3 + "caf\u00e9 %".encode()
+    for encoded, is_base64 in ((base64.b64encode(data).decode(), True), (urllib.parse.quote_from_bytes(data), False)):
+        decoder = DataUrlFile(tmp_path / "out", is_base64)
+        for start in range(0, len(encoded), piece):
+            decoder.write(encoded[start : start + piece])
+        decoder.close()
+        assert (tmp_path / "out").read_bytes() == data
+
+
+@pytest.mark.unit
+def test_an_output_too_large_to_keep_fails_the_training(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, io.StringIO(), io.StringIO())
+    inbox.webhook(_Body(_webhook(status="succeeded", output="x" * (OUTPUT_LIMIT + 1))).read)
+    assert inbox.state.done.is_set() and inbox.state.failure is not None
+    assert inbox.state.failure.reason == "TrainingFailed" and "larger than 4 MiB" in inbox.state.failure.message
+
+
+@pytest.mark.unit
+def test_a_webhook_that_is_not_json_is_ignored(tmp_path: Path) -> None:
+    notices = io.StringIO()
+    inbox = Inbox(tmp_path, io.StringIO(), notices)
+    inbox.webhook(_Body(b'{"status": "succeeded", "output": [1, 2').read)
+    assert not inbox.state.done.is_set() and "ignored a webhook" in notices.getvalue()
+
+
+_SECRET = "hf_'s3kr1t\\\u00e9\"x"  # a quote of each kind, a backslash, a non-ASCII letter
+
+
+@pytest.mark.unit
+def test_secrets_are_redacted_in_every_usual_encoding() -> None:
+    redact = Redactor([_SECRET, '["list-s3kr1t-a", "list-s3kr1t-b"]', "  "])
+    for form in (_SECRET, json.dumps(_SECRET)[1:-1], json.dumps(_SECRET, ensure_ascii=False)[1:-1],
+                 repr(_SECRET)[1:-1], urllib.parse.quote(_SECRET, safe=""), "list-s3kr1t-b"):
+        assert redact(f"before {form} after") == "before *** after"
+    assert redact("two spaces  stay") == "two spaces  stay", "a blank Secret is not a secret"
+    assert redact.cut("cut at hf_'s3k") == "cut at ", "a text cut mid-secret loses the secret's beginning"
+    assert redact.value({"k": [_SECRET, 1, None]}) == {"k": ["***", 1, None]}
+
+
+@pytest.mark.unit
+def test_a_secret_split_between_writes_or_webhooks_is_still_redacted(tmp_path: Path) -> None:
+    log = io.StringIO()
+    inbox = Inbox(tmp_path, log, io.StringIO(), Redactor([_SECRET]))
+    text = f"token {_SECRET} ok\nagain {_SECRET[:4]}"
+    inbox.webhook(_Body(_webhook(status="processing", logs=text)).read)
+    assert log.getvalue() == "token *** ok\nagain ", "the possible beginning of a secret waits for more"
+    inbox.webhook(_Body(_webhook(status="processing", logs=text + _SECRET[4:] + "\n"), 5).read)
+    inbox.finish()
+    assert log.getvalue() == "token *** ok\nagain ***\n"
+    writer = RedactingWriter(out := io.StringIO(), Redactor([_SECRET]))
+    for char in f"a{_SECRET}b{_SECRET[:3]}":
+        writer.write(char)
+    writer.flush(final=True)
+    assert out.getvalue() == f"a***b{_SECRET[:3]}"
+
+
+@pytest.mark.unit
+def test_a_long_multibyte_failure_message_fits_the_report() -> None:
+    text = termination_message(None, DriverError(Reason.TRAINING_FAILED, "\u8bad\u7ec3\u5931\u8d25" * 1250), None)
+    assert len(text.encode()) <= TERMINATION_LIMIT
+    report = DriverReport.decode(text)
+    assert report is not None and report.reason == "TrainingFailed" and report.message.startswith("\u8bad\u7ec3")
+
+
+@pytest.mark.unit
+def test_an_output_that_cannot_be_stored_as_output_json_is_reported_as_that_failure(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the destination's folder should be")
+    text = termination_message("\u00e9" * 5000, None, LocalDestination(blocked / "sub", "pvc://c/p"))
+    report = DriverReport.decode(text)
+    assert len(text.encode()) <= TERMINATION_LIMIT and report is not None
+    assert report.status == "failed" and report.reason == "DestinationUnwritable"
+    assert report.message is not None and "could not be stored" in report.message
+
+
+def _after_log(log: io.StringIO, text: str, then: Callable[[], object]) -> list[float]:
+    """Run `then` (in a thread) once `text` is in the training's log; the list gets the time it ran."""
+    when: list[float] = []
+
+    def wait() -> None:
+        deadline = time.monotonic() + 60
+        while text not in log.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        then()
+        when.append(time.monotonic())
+
+    threading.Thread(target=wait, daemon=True).start()
+    return when
+
+
+@pytest.mark.integration
+def test_a_model_server_that_dies_mid_training_ends_it_as_unreachable(tmp_path: Path) -> None:
+    """The whole model container dies (server and worker, SIGKILL): no webhook will ever come."""
+    server = start_cog_server(prepare_model(DRIVER_MODELS / "sleeps", tmp_path / "m"), ["--await-explicit-shutdown", "true"])
+    log = io.StringIO()
+    driver = Driver(model_url=server.url, training_id="t-dies", inputs={"seconds": 600}, log=log,
+                    notices=io.StringIO(), destination=LocalDestination(tmp_path / "dest", "pvc://c/p"),
+                    scratch=tmp_path / "s", health_interval=0.2, health_grace=2, lost_grace=30)
+    killed = _after_log(log, "sleeping", server.kill)
+    try:
+        _, error, _ = run_within(driver, 60)
+    finally:
+        server.stop()
+    assert killed and time.monotonic() - killed[0] < 15, "the driver ended soon after its grace"
+    assert error is not None and (error.reason, error.exit_code) == ("ModelUnreachable", 15)
+    assert error.message.startswith("the model server stopped answering during the training: no answer to "
+                                    "/health-check for "), error.message
+    assert json.loads(termination_message(None, error, None))["reason"] == "ModelUnreachable"
+
+
+@pytest.mark.integration
+def test_a_model_server_restarted_mid_training_ends_it_as_lost(tmp_path: Path) -> None:
+    """A native sidecar restarts: the new server is READY and knows nothing of the training."""
+    model = prepare_model(DRIVER_MODELS / "sleeps", tmp_path / "m")
+    server = start_cog_server(model, ["--await-explicit-shutdown", "true"])
+    restarted = []
+    log = io.StringIO()
+    driver = Driver(model_url=server.url, training_id="t-restart", inputs={"seconds": 600}, log=log,
+                    notices=io.StringIO(), destination=LocalDestination(tmp_path / "dest", "pvc://c/p"),
+                    scratch=tmp_path / "s", health_interval=0.2, health_grace=60, lost_grace=1)
+
+    def restart() -> None:
+        server.kill()
+        restarted.append(start_cog_server(model, ["--await-explicit-shutdown", "true"], port=server.port))
+
+    ready = _after_log(log, "sleeping", restart)
+    try:
+        _, error, _ = run_within(driver, 60)
+        assert restarted and restarted[0].process.wait(timeout=20) is not None, "the new server was shut down"
+    finally:
+        server.stop()
+        for again in restarted:
+            again.stop()
+    assert ready and time.monotonic() - ready[0] < 15
+    assert error is not None and (error.reason, error.exit_code) == ("TrainingFailed", 10)
+    assert error.message.startswith("the model server lost the training: it has answered READY (running no "
+                                    "training) for "), error.message
+    assert "restarted" in json.loads(termination_message(None, error, None))["message"]
+
+
+def _leaked(secret_part: str, *texts: str) -> list[str]:
+    return [text for text in texts if secret_part in text]
+
+
+@pytest.mark.integration
+def test_a_422_that_repeats_a_secret_is_reported_without_it(tmp_path: Path) -> None:
+    """Cog 0.23 repeats a rejected value in its 422: here a list[Secret] input whose Secret does not hold
+    a JSON array (Cog answers `"<the value>" is not of type "array"`)."""
+    secret = "s3kr1t-\"422\"-\u00e9"
+    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "leaks-secret", {
+        "COGTRAIN_SECRET_INPUT_token": "tok-fine", "COGTRAIN_SECRET_INPUT_extra_tokens": secret})
+    report_text = (tmp_path / "termination-log").read_text()
+    assert code == 12, err
+    report = json.loads(report_text)
+    assert report["reason"] == "InputRejected"
+    assert 'input.extra_tokens: "***" is not of type "array"' in report["message"]
+    assert not _leaked("s3kr1t", report_text, out, err)
+
+
+@pytest.mark.integration
+def test_a_training_error_and_logs_that_repeat_a_secret_are_reported_without_it(tmp_path: Path) -> None:
+    """train() prints its token and raises an error quoting it (Python's repr and as it is)."""
+    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "leaks-secret", {"COGTRAIN_SECRET_INPUT_token": _SECRET})
+    report_text = (tmp_path / "termination-log").read_text()
+    assert code == 10, err
+    report = json.loads(report_text)
+    assert report["reason"] == "TrainingFailed"
+    assert "PermissionError: the hub refused the token '***' (as JSON: ***)" in report["message"], report["message"]
+    assert "logging in with ***" in out
+    assert not _leaked("s3kr1t", report_text, out, err)
+
+
+@pytest.mark.integration
+def test_a_long_non_ascii_output_is_reported_within_the_limit(tmp_path: Path) -> None:
+    text = "\u8bad\u7ec3\u00e9\U0001f600" * 1250  # 5000 characters, 11250 bytes
+    code, _, err = drive_to_end(tmp_path, DRIVER_MODELS / "echo-output", {
+        "COGTRAIN_INPUT_text": json.dumps(text[:4]), "COGTRAIN_INPUT_repeat": "1250"})
+    message = (tmp_path / "termination-log").read_text(encoding="utf-8")
+    assert code == 0, err
+    assert len(message.encode()) <= TERMINATION_LIMIT
+    report = DriverReport.decode(message)  # what the operator's status reads
+    assert report is not None and report.status == "succeeded"
+    assert report.output == {"$ref": "pvc://weights/team/ml/tok/output.json"}
+    assert json.loads((tmp_path / "mnt" / "team" / "ml" / "tok" / "output.json").read_text()) == text
+
+
+@pytest.mark.integration
+def test_an_output_naming_an_upload_that_never_arrived_fails_with_a_report(tmp_path: Path) -> None:
+    code, _, err = drive_to_end(tmp_path, DRIVER_MODELS / "echo-output", {
+        "COGTRAIN_INPUT_text": json.dumps("cogtrain-upload://never-sent.bin")})
+    assert code == 10, err
+    assert json.loads((tmp_path / "termination-log").read_text()) == {
+        "status": "failed", "reason": "TrainingFailed",
+        "message": "the model's output names an uploaded file that never arrived: never-sent.bin"}

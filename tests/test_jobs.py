@@ -102,9 +102,10 @@ def test_defaults_backoff_zero_and_no_token() -> None:
 
 def test_pod_failure_policy_fails_fast_on_the_driver_s_final_exits() -> None:
     rules = build_job(training(), IMAGE, INPUTS, Settings())["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
+    assert rules[1] == {"action": "FailJob", "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
                                                              "values": ExitCode.final()}}
-    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget", (
+        "first: the Job controller applies the first matching rule, and a disrupted driver exits with a final code")
 
 
 def test_model_container_runs_the_pinned_image_as_a_native_sidecar_with_the_gpus() -> None:
@@ -177,8 +178,13 @@ def test_s3_settings_come_from_the_secret_by_reference_only() -> None:
     assert sorted(S3_REQUIRED) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], (
         "a missing Secret or key pair stops the Pod (CreateContainerConfigError) instead of falling back to the "
         "node's identity; the session token, region and endpoint may be absent")
-    job = build_job(training(destination="s3://b/p"), IMAGE, INPUTS, Settings(default_destination_secret="fallback"))
+    job = build_job(training(destination=None), IMAGE, INPUTS,
+                    Settings(default_destination="s3://admin/p", default_destination_secret="fallback"))
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")} == {"fallback"}
+    job = build_job(training(destination="s3://elsewhere/p"), IMAGE, INPUTS,
+                    Settings(default_destination="s3://admin/p", default_destination_secret="fallback"))
+    assert not [e for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")], (
+        "the admin's credentials go only with the admin's destination, not to a bucket the author names")
     for spec in ({"destination": "s3://b/p"}, {"destination": "pvc://w", "destinationSecretRef": {"name": "s3-creds"}}):
         job = build_job(training(**spec), IMAGE, INPUTS, Settings())
         assert not [e for e in containers(job)[1]["env"] if e["name"].startswith("AWS_")]

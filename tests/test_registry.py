@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cogtrain.credentials import Keyring
 from cogtrain.reference import parse_reference
-from cogtrain.registry import RegistryClient, RegistryError, RegistryErrorKind, parse_challenge
+from cogtrain.registry import (
+    MAX_CHALLENGE_CHARS,
+    MAX_CONFIG_BYTES,
+    MAX_INDEX_ENTRIES,
+    MAX_JSON_VALUES,
+    MAX_REDIRECTS,
+    MAX_REGISTRIES_REMEMBERED,
+    REDIRECT_FAILURE,
+    TOKEN_FAILURE,
+    RegistryClient,
+    RegistryError,
+    RegistryErrorKind,
+    parse_challenge,
+)
 from cogtrain.resolver import ResolvedModel, SchemaResolver
 from cogtrain.schema import parse_schema
 from support.paths import load_schema_document
-from support.registries import USERS, Registries, keyring
-from support.registry_server import FaultyRegistry
+from support.registries import USERS, Registries, cog_document, cog_labels, keyring
+from support.registry_server import OCI_INDEX, Canned, FaultyRegistry, canned_image, canned_index
 
 
 def resolve(image: str, keyring: Keyring | None = None, **client_args: object) -> ResolvedModel:
@@ -299,3 +314,353 @@ def test_parse_challenge() -> None:
     assert basic is not None and basic.scheme == "basic" and basic.params == {"realm": "Registry Realm"}
     assert parse_challenge("Negotiate abc") is None
     assert parse_challenge("") is None
+
+
+# --- limits against hostile registries (docs/registry.md) -----------------------------------------------
+
+
+def _serve(answers: dict[str, Canned], **options: Any) -> FaultyRegistry:
+    return FaultyRegistry(404, answers=answers, **options)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., FaultyRegistry]]:
+    """Start FaultyRegistry servers for one test; all are stopped after it."""
+    started: list[FaultyRegistry] = []
+
+    def start(status: int = 404, **options: Any) -> FaultyRegistry:
+        server = FaultyRegistry(status, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# 1. what an image may make the operator hold
+
+
+@pytest.mark.integration
+def test_schema_label_over_the_limit_is_refused(registries: Registries) -> None:
+    registry = registries.anonymous
+    labels = {"run.cog.openapi_schema": json.dumps(cog_document(description="x" * (2**20 + 1000)))}
+    registry.push_image("acme/huge-schema", "1.0", labels)
+    error = failure(f"{registry.host}/acme/huge-schema:1.0")
+    assert error.kind is RegistryErrorKind.MALFORMED_SCHEMA and not error.retryable
+    assert "schema JSON; at most 1 MiB is accepted" in str(error)
+
+
+@pytest.mark.integration
+def test_config_blob_over_the_limit_is_refused(registries: Registries) -> None:
+    registry = registries.anonymous
+    labels = {**cog_labels("hello-train"), "org.example.padding": "p" * (MAX_CONFIG_BYTES + 1)}
+    registry.push_image("acme/huge-config", "1.0", labels)
+    error = failure(f"{registry.host}/acme/huge-config:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and not error.retryable
+    assert "config: larger than 4 MiB, the most accepted" in str(error)
+
+
+@pytest.mark.integration
+def test_config_body_is_cut_at_the_limit_whatever_the_manifest_says(servers: Callable[..., FaultyRegistry]) -> None:
+    """The descriptor says 2 kB, the blob has no Content-Length and goes on: reading stops at the bound."""
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    blob = next(path for path in answers if "/blobs/" in path)
+    answers[blob] = Canned(body=b"{" + b" " * (MAX_CONFIG_BYTES + 10), content_length=False)
+    server = servers(answers=answers)
+    error = failure(f"{server.host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and "larger than 4 MiB" in str(error)
+
+
+@pytest.mark.integration
+def test_config_with_too_many_json_values_is_refused(servers: Callable[..., FaultyRegistry]) -> None:
+    config = {"config": {"Labels": cog_labels("hello-train")}, "history": [{}] * (MAX_JSON_VALUES + 1)}
+    answers, _ = canned_image("acme/m", "1.0", None, config=config)
+    error = failure(f"{servers(answers=answers).host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and not error.retryable
+    assert f"config has more than {MAX_JSON_VALUES} JSON values" in str(error)
+
+
+@pytest.mark.integration
+def test_manifest_with_too_many_json_values_is_refused(servers: Callable[..., FaultyRegistry]) -> None:
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"),
+                              manifest_extra={"annotations": {"pad": "x"}, "layers": [0] * MAX_JSON_VALUES})
+    error = failure(f"{servers(answers=answers).host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE
+    assert f"manifest has more than {MAX_JSON_VALUES} JSON values" in str(error)
+
+
+@pytest.mark.integration
+def test_canned_image_resolves(servers: Callable[..., FaultyRegistry]) -> None:
+    """The canned registry the tests here use serves a good image as a registry would."""
+    answers, digest = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    assert resolve(f"{servers(answers=answers).host}/acme/m:1.0").digest == digest
+
+
+# 2. slow registries: one deadline per request and per lookup
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("headers_too", [False, True], ids=["trickled-body", "trickled-headers"])
+def test_trickling_registry_is_cut_at_the_request_deadline(servers: Callable[..., FaultyRegistry],
+                                                           headers_too: bool) -> None:
+    """A byte every 0.2 s never trips a per-read timeout of 1 s; the request's deadline ends it."""
+    server = servers(trickle=0.2, trickle_headers=headers_too, hang_seconds=8)
+    started = time.monotonic()
+    error = failure(f"{server.host}/acme/model:1.0", timeout=1.0)
+    assert time.monotonic() - started < 1.0 + 0.7
+    assert error.kind is RegistryErrorKind.UNAVAILABLE and error.retryable
+    assert "the registry did not answer within 1s" in str(error)
+
+
+@pytest.mark.integration
+def test_lookup_deadline_bounds_all_its_requests(servers: Callable[..., FaultyRegistry]) -> None:
+    """Each answer takes 0.6 s, inside the 5 s request timeout; the lookup's 1 s covers them all."""
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    for answer in answers.values():
+        answer.delay = 0.6
+    server = servers(answers=answers)
+    started = time.monotonic()
+    error = failure(f"{server.host}/acme/m:1.0", timeout=5.0, lookup_timeout=1.0)
+    assert time.monotonic() - started < 1.0 + 0.7
+    assert error.kind is RegistryErrorKind.UNAVAILABLE and error.retryable
+    assert "the lookup did not finish within 1s (the registry answers too slowly); try again later" in str(error)
+
+
+@pytest.mark.integration
+def test_many_slow_registries_at_once_all_end_in_time(servers: Callable[..., FaultyRegistry]) -> None:
+    """20 concurrent lookups (more than kopf's 16 workers) at 5 slowloris registries all end by their deadline,
+    those that wait for a fetch slot too."""
+    slow = [servers(trickle=0.2, hang_seconds=10) for _ in range(5)]
+    resolver = SchemaResolver(RegistryClient(timeout=1.0, lookup_timeout=2.0))
+    images = [f"{slow[i % 5].host}/acme/m{i}:1.0" for i in range(20)]
+
+    def lookup(image: str) -> tuple[float, RegistryError | None]:
+        started = time.monotonic()
+        try:
+            resolver.resolve(image)
+        except RegistryError as error:
+            return time.monotonic() - started, error
+        return time.monotonic() - started, None
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(lookup, images))
+    assert all(error is not None and error.retryable for _, error in outcomes)
+    assert max(took for took, _ in outcomes) < 2.0 + 1.0
+
+
+# 3. the token service: only where the rules allow, and its failures all read the same
+
+
+def _challenging(servers: Callable[..., FaultyRegistry], realm: str, **options: Any) -> FaultyRegistry:
+    return servers(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="test"'}, **options)
+
+
+@pytest.mark.integration
+def test_plain_http_realm_on_another_host_is_refused_without_a_request(
+        servers: Callable[..., FaultyRegistry]) -> None:
+    listener = servers(404, bind="127.0.0.2")
+    registry = _challenging(servers, f"http://{listener.host}/token")
+    error = failure(f"{registry.host}/acme/m:1.0")
+    assert listener.connections == 0, "the token service on another host was contacted"
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and not error.retryable
+    assert "a token service must be https, or plain http on the registry's own host" in str(error)
+
+
+@pytest.mark.integration
+def test_token_request_redirects_are_not_followed(servers: Callable[..., FaultyRegistry]) -> None:
+    listener = servers(200, bind="127.0.0.2")
+    realm = servers(302, headers={"Location": f"http://{listener.host}/token"})
+    registry = _challenging(servers, f"{realm.url}/token")
+    error = failure(f"{registry.host}/acme/m:1.0")
+    assert realm.requests == 1 and listener.connections == 0
+    assert error.kind is RegistryErrorKind.UNAVAILABLE and TOKEN_FAILURE in str(error)
+
+
+@pytest.mark.integration
+def test_token_service_failures_cannot_be_told_apart(servers: Callable[..., FaultyRegistry]) -> None:
+    """Whatever the realm answers (nothing, 404, 500, a redirect, no token, a hang), the message is one."""
+    from support.cogserver import free_port
+
+    realms = {
+        "refused": f"http://127.0.0.1:{free_port()}/token",
+        "404": f"{servers(404).url}/token",
+        "500": f"{servers(500).url}/token",
+        "302": f"{servers(302, headers={'Location': 'http://127.0.0.1:1/'}).url}/token",
+        "no token": f"{servers(200, answers={'/token': Canned(body=b'{}')}).url}/token",
+        "hangs": f"{servers(0).url}/token",
+    }
+    messages = {}
+    for outcome, realm in realms.items():
+        registry = _challenging(servers, realm)
+        error = failure(f"{registry.host}/acme/m:1.0", timeout=1.0)
+        assert error.kind is RegistryErrorKind.UNAVAILABLE and error.retryable, outcome
+        messages[outcome] = str(error).replace(registry.host, "REGISTRY")
+    assert len(set(messages.values())) == 1, messages
+    assert messages["404"] == f"image REGISTRY/acme/m:1.0: {TOKEN_FAILURE}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("image", "realm", "used"),
+    [
+        ("registry.example.com/a/b", "https://auth.example.com/token", True),
+        ("registry.example.com/a/b", "http://registry.example.com/token", False),
+        ("registry.example.com/a/b", "http://auth.example.com/token", False),
+        ("registry.example.com/a/b", "file:///etc/passwd", False),
+        ("registry.example.com/a/b", "https://user:pw@auth.example.com/token", False),
+        ("registry.example.com/a/b", "/token", False),
+        ("127.0.0.1:5000/a/b", "http://127.0.0.1:5001/token", True),
+        ("127.0.0.1:5000/a/b", "http://127.0.0.2:5001/token", False),
+        ("127.0.0.1:5000/a/b", "https://auth.example.com/token", True),
+        ("insecure.svc:5000/a/b", "http://insecure.svc/token", True),
+        ("insecure.svc:5000/a/b", "http://metadata.google.internal/token", False),
+    ],
+)
+def test_which_token_services_are_used(image: str, realm: str, used: bool) -> None:
+    client = RegistryClient(insecure_registries=["insecure.svc"])
+    try:
+        client._check_realm(parse_reference(image), realm, "image")
+    except RegistryError as error:
+        assert not used and error.kind is RegistryErrorKind.BAD_RESPONSE, realm
+    else:
+        assert used, realm
+
+
+# 4. indexes: entries without a usable platform never match; a malformed index is a clear error
+
+
+@pytest.mark.integration
+def test_index_entries_without_a_usable_platform_do_not_match(servers: Callable[..., FaultyRegistry]) -> None:
+    answers, digest = canned_image("acme/m", "amd64", cog_labels("hello-train"))
+    entries: list[Any] = [
+        "not an object",
+        {"digest": "sha256:" + "1" * 64},
+        {"platform": None, "digest": "sha256:" + "2" * 64},
+        {"platform": "linux/amd64", "digest": "sha256:" + "3" * 64},
+        {"platform": {"architecture": "amd64"}, "digest": "sha256:" + "4" * 64},
+        {"platform": {"os": "linux"}, "digest": "sha256:" + "5" * 64},
+        {"platform": {"os": ["linux"], "architecture": {"amd": 64}}, "digest": "sha256:" + "6" * 64},
+        {"platform": {"os": "linux", "architecture": "amd64"}, "digest": digest},
+    ]
+    answers.update(canned_index("acme/m", "1.0", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}))
+    assert "param" in resolve(f"{servers(answers=answers).host}/acme/m:1.0").schema.inputs
+    answers.update(canned_index("acme/m", "2.0", {"mediaType": OCI_INDEX, "manifests": entries[:-1]}))
+    error = failure(f"{servers(answers=answers).host}/acme/m:2.0")
+    assert error.kind is RegistryErrorKind.NO_PLATFORM and not error.retryable
+    assert "has no linux/amd64 variant (it has: ?/?, ?/amd64, linux/?)" in str(error)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("manifests", "message"),
+    [
+        (5, "the image index is malformed: its `manifests` is not a list"),
+        ({"linux/amd64": "sha256:" + "1" * 64}, "the image index is malformed: its `manifests` is not a list"),
+        ([{"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:../../etc"}],
+         "the image index is malformed: its linux/amd64 entry has no valid digest"),
+        ([{"platform": {"os": "linux", "architecture": "arm64"}, "digest": "sha256:" + "1" * 64}] * 300
+         + [{"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:" + "2" * 64}],
+         f"the image index lists 301 manifests; at most {MAX_INDEX_ENTRIES} are read"),
+    ],
+    ids=["number", "object", "bad-digest", "too-many"],
+)
+def test_malformed_index_is_a_clear_error(servers: Callable[..., FaultyRegistry], manifests: Any,
+                                          message: str) -> None:
+    answers = canned_index("acme/m", "1.0", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    error = failure(f"{servers(answers=answers).host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and not error.retryable
+    assert message in str(error)
+
+
+# other things a registry controls
+
+
+@pytest.mark.integration
+def test_blob_redirects_are_bounded(servers: Callable[..., FaultyRegistry]) -> None:
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    blob = next(path for path in answers if "/blobs/" in path)
+    answers[blob] = Canned(302, {"Location": "/hop/1"})
+    for hop in range(1, 10):
+        answers[f"/hop/{hop}"] = Canned(302, {"Location": f"/hop/{hop + 1}"})
+    server = servers(answers=answers)
+    error = failure(f"{server.host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and not error.retryable
+    assert f"more than {MAX_REDIRECTS} redirects, the most followed" in str(error)
+    assert server.requests == 1 + 1 + MAX_REDIRECTS
+
+
+@pytest.mark.integration
+def test_blob_redirect_to_another_host_gets_no_credentials_and_tells_nothing(
+        servers: Callable[..., FaultyRegistry]) -> None:
+    storage = servers(404, bind="127.0.0.2")
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    blob = next(path for path in answers if "/blobs/" in path)
+    answers[blob] = Canned(307, {"Location": f"{storage.url}/bucket/config?sig=abc"})
+    registry = servers(answers=answers)
+    error = failure(f"{registry.host}/acme/m:1.0", keyring(registry.host, "reader", "secret-password"))
+    assert storage.requests == 1 and "Authorization" not in storage.seen[0][1]
+    assert error.kind is RegistryErrorKind.UNAVAILABLE
+    assert str(error) == f"image {registry.host}/acme/m:1.0: config: {REDIRECT_FAILURE}"
+
+
+@pytest.mark.integration
+def test_blob_redirect_to_storage_is_followed(servers: Callable[..., FaultyRegistry]) -> None:
+    answers, digest = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    blob = next(path for path in answers if "/blobs/" in path)
+    storage = servers(answers={"/bucket/config": answers[blob]}, bind="127.0.0.2")
+    answers[blob] = Canned(307, {"Location": f"{storage.url}/bucket/config?sig=abc"})
+    assert resolve(f"{servers(answers=answers).host}/acme/m:1.0").digest == digest
+
+
+@pytest.mark.integration
+def test_oversized_challenge_is_refused(servers: Callable[..., FaultyRegistry]) -> None:
+    listener = servers(404)
+    header = f'Bearer realm="{listener.url}/token",pad="{"p" * MAX_CHALLENGE_CHARS}"'
+    registry = servers(401, headers={"WWW-Authenticate": header})
+    error = failure(f"{registry.host}/acme/m:1.0")
+    assert error.kind is RegistryErrorKind.BAD_RESPONSE and listener.requests == 0
+    assert f"WWW-Authenticate header is longer than {MAX_CHALLENGE_CHARS} characters" in str(error)
+
+
+@pytest.mark.integration
+def test_too_many_or_too_long_headers_are_a_clean_failure(servers: Callable[..., FaultyRegistry]) -> None:
+    """http.client bounds them (100 headers, 64 KiB a line): a RegistryError, never a crash."""
+    many = servers(200, headers={f"X-H{i}": "v" for i in range(150)})
+    long = servers(200, headers={"X-Long": "v" * 70_000})
+    for server in (many, long):
+        error = failure(f"{server.host}/acme/m:1.0")
+        assert error.kind is RegistryErrorKind.UNAVAILABLE and len(str(error)) < 400
+
+
+@pytest.mark.integration
+def test_cookies_are_not_kept(servers: Callable[..., FaultyRegistry]) -> None:
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    for answer in answers.values():
+        answer.headers["Set-Cookie"] = "session=" + "c" * 4000
+    client = RegistryClient()
+    SchemaResolver(client).resolve(f"{servers(answers=answers).host}/acme/m:1.0")
+    assert len(client.session.cookies) == 0
+
+
+@pytest.mark.integration
+def test_tag_listing_shown_in_a_message_is_bounded(servers: Callable[..., FaultyRegistry]) -> None:
+    tags = ["1.0", "x" * 10_000, "bad\ntag", *(f"v{i}" for i in range(100))]
+    answers = {"/v2/acme/m/tags/list": Canned(body=json.dumps({"name": "acme/m", "tags": tags}).encode())}
+    error = failure(f"{servers(answers=answers).host}/acme/m:9.9")
+    assert error.kind is RegistryErrorKind.TAG_NOT_FOUND
+    assert "(its tags include: 1.0, v0, v1" in str(error) and len(str(error)) < 400
+
+
+@pytest.mark.unit
+def test_remembered_challenges_and_tokens_are_bounded() -> None:
+    client = RegistryClient()
+    for i in range(MAX_REGISTRIES_REMEMBERED + 10):
+        client._learn(f"r{i}.example.com", _challenge_for(i))
+    assert len(client._challenges) == MAX_REGISTRIES_REMEMBERED and "r0.example.com" not in client._challenges
+
+
+def _challenge_for(i: int) -> Any:
+    challenge = parse_challenge(f'Bearer realm="https://auth{i}.example.com/token"')
+    assert challenge is not None
+    return challenge

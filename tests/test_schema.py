@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
 
 from cogtrain.schema import (
+    MAX_ERROR_CHARS,
+    MAX_SCHEMA_DEPTH,
     SchemaError,
     SchemaErrorKind,
     TrainingSchema,
     compile_pattern,
     parse_schema,
     parse_schema_text,
-    python_pattern,
+    re2_pattern,
 )
-from support.paths import load_schema_document
+from support.cog_schema import training_document
+from support.paths import load_schema_document, model_dirs
 
 pytestmark = pytest.mark.unit
 
@@ -179,25 +183,146 @@ def test_schema_text_round_trip() -> None:
     assert parse_schema_text(json.dumps(document)).inputs.keys() == parse_schema(document).inputs.keys()
 
 
+SPACE = "[\\t\\n\\x0B\\f\\r \\x{A0}\\x{2003}\\x{2029}\\x{FEFF}]"
+
+
 @pytest.mark.parametrize(
     ("pattern", "translated"),
     [
-        ("^[a-z]+$", "^[a-z]+\\Z"),
-        ("^a\\$b$", "^a\\$b\\Z"),
+        ("^[a-z]+$", "^[a-z]+$"),  # RE2's $ is the very end unless (?m), as Cog's
+        ("^a\\$b$", "^a\\$b$"),
         ("[$]x", "[$]x"),
         ("[]$]", "[\\]$]"),
-        ("^\\d{3}$", "^[0-9]{3}\\Z"),
+        ("^\\d{3}$", "^[0-9]{3}$"),
         ("[\\d_]", "[0-9_]"),
-        ("^\\w+\\W", "^[A-Za-z0-9_]+[^A-Za-z0-9_]"),
+        ("^\\w+\\W", "^[0-9A-Za-z_]+[^0-9A-Za-z_]"),
+        ("[\\D\\W]", "[\\D\\W]"),  # RE2's own are ASCII, as ECMA-262's
         ("(?<year>\\d{4})", "(?P<year>[0-9]{4})"),
-        ("(?<=a)b(?<!c)", "(?<=a)b(?<!c)"),
-        ("a\\z", "a\\Z"),
+        ("(?<=a)b(?<!c)", "(?<=a)b(?<!c)"),  # kept: RE2 refuses it, so it is left to the model server
+        ("a\\z", "a\\z"),
+        ("^\\s$", f"^{SPACE}$"),
+        ("[^\\s]", "[^" + SPACE[1:]),
+        ("\\u00e9\\u{1F600}", "\\x{00e9}\\x{1F600}"),
+        ("^\\p{L}+$", "^\\p{L}+$"),
     ],
 )
 def test_pattern_translation(pattern: str, translated: str) -> None:
-    assert python_pattern(pattern) == translated
+    assert re2_pattern(pattern) == translated
 
 
-def test_pattern_python_cannot_compile_is_skipped() -> None:
-    assert compile_pattern("\\p{L}+") is None
-    assert compile_pattern("(unclosed") is None
+@pytest.mark.parametrize("pattern", ["^x\\b", "\\Bx", "[\\S]", "[a[b]]", "[a&&b]", "[a--b]", "\\u12", "\\u{xyz}", "\\C"])
+def test_pattern_without_an_re2_equivalent_is_not_translated(pattern: str) -> None:
+    """Cog's \\b is Unicode-aware and Rust's classes nest; RE2 would give these another meaning."""
+    assert re2_pattern(pattern) is None
+    assert compile_pattern(pattern) is None
+
+
+@pytest.mark.parametrize("pattern", ["(?<=a)b", "(a)\\1", "(?!x)", "(unclosed", "a\\Z", "x" * 20_000])
+def test_pattern_re2_cannot_compile_is_skipped(pattern: str) -> None:
+    assert compile_pattern(pattern) is None
+
+
+def test_patterns_re2_reads_that_python_could_not() -> None:
+    compiled = compile_pattern("^\\p{L}+$")
+    assert compiled is not None
+    assert compiled.search("héllo") and not compiled.search("p{L}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "matches"),
+    [
+        ("^[a-z]+$", "abc\n", False),
+        ("^[a-z]+$", "abc", True),
+        ("(?m)^[a-z]+$", "abc\n", True),
+        ("^\\d{3}$", "\u0661\u0662\u0663", False),
+        ("^\\w$", "é", False),
+        ("^.$", "\n", False),
+        ("^.$", "\U0001F600", True),
+        ("^\\s$", "\ufeff", True),
+        ("^\\s$", "\u3000", False),
+        ("^\\S$", "\xa0", False),
+        ("^\\u0041$", "A", True),
+    ],
+)
+def test_pattern_meaning(pattern: str, text: str, matches: bool) -> None:
+    """As Cog 0.23's server decides (tests/test_cog_agreement.py asks it the same on tests/models/patterns)."""
+    compiled = compile_pattern(pattern)
+    assert compiled is not None
+    assert (compiled.search(text) is not None) == matches
+
+
+# --- list[Secret] ----------------------------------------------------------------------------
+
+
+def test_list_of_secrets_is_secret(schemas: dict[str, TrainingSchema]) -> None:
+    """Cog's generator puts x-cog-secret on `items` for list[Secret] (tests/models/secret-list)."""
+    schema = schemas["secret-list"]
+    tokens, spare, steps = (schema.inputs[n] for n in ("tokens", "spare_tokens", "steps"))
+    assert tokens.secret and tokens.secret_list and tokens.required
+    assert spare.secret and spare.secret_list and spare.nullable and not spare.required
+    assert not steps.secret and not steps.secret_list
+    assert schema.secret_names == ["tokens", "spare_tokens"]
+    assert schema.secret_list_names == ["tokens", "spare_tokens"]
+    assert not schemas["all-inputs"].inputs["hf_token"].secret_list
+
+
+@pytest.mark.parametrize("model", sorted(model_dirs()))
+def test_stored_schemas_are_what_cog_generates(model: str) -> None:
+    """support.cog_schema rebuilds each fixture's schema as Cog 0.23 writes it (how secret-list's was made)."""
+    assert training_document(model_dirs()[model]) == load_schema_document(model)
+
+
+# --- hostile documents: bounded work -------------------------------------------------------
+
+
+def _document(properties: dict[str, Any], **schemas: Any) -> dict[str, Any]:
+    return {"components": {"schemas": {"TrainingInput": {"type": "object", "properties": properties}, **schemas}}}
+
+
+def test_ref_graph_is_resolved_once_per_component() -> None:
+    """Each level refers twice to the next: 2**25 resolutions unless each component is resolved once."""
+    levels = 25
+    schemas = {f"L{i}": {"allOf": [{"$ref": f"#/components/schemas/L{i + 1}"}, {"$ref": f"#/components/schemas/L{i + 1}"}]}
+               for i in range(levels)}
+    schemas[f"L{levels}"] = {"type": "integer", "minimum": 1}
+    start = time.perf_counter()
+    schema = parse_schema(_document({"n": {"$ref": "#/components/schemas/L0"}}, **schemas))
+    assert time.perf_counter() - start < 0.5
+    assert schema.inputs["n"].value.type == "integer" and schema.inputs["n"].value.minimum == 1
+
+
+@pytest.mark.parametrize("kind", ["items", "ref"])
+def test_deep_nesting_is_refused(kind: str) -> None:
+    depth = MAX_SCHEMA_DEPTH + 10
+    if kind == "items":
+        node: dict[str, Any] = {"type": "string"}
+        for _ in range(depth):
+            node = {"type": "array", "items": node}
+        document = _document({"deep": node})
+    else:
+        schemas = {f"R{i}": {"$ref": f"#/components/schemas/R{i + 1}"} for i in range(depth)}
+        schemas[f"R{depth}"] = {"type": "string"}
+        document = _document({"deep": {"$ref": "#/components/schemas/R0"}}, **schemas)
+    with pytest.raises(SchemaError) as caught:
+        parse_schema(document)
+    assert f"nested more than {MAX_SCHEMA_DEPTH} levels deep" in str(caught.value)
+
+
+def test_many_inputs_parse_in_linear_time() -> None:
+    count = 20_000
+    properties = {f"input_{i}": {"type": "integer", "x-order": count - i} for i in range(count)}
+    document = _document(properties)
+    document["components"]["schemas"]["TrainingInput"]["required"] = list(properties)
+    start = time.perf_counter()
+    schema = parse_schema(document)
+    assert time.perf_counter() - start < 1.0
+    assert list(schema.inputs)[0] == f"input_{count - 1}" and all(s.required for s in schema.inputs.values())
+
+
+def test_errors_quote_the_document_briefly() -> None:
+    name = "n" * 100_000
+    with pytest.raises(SchemaError) as caught:
+        parse_schema(_document({name: {"type": "integer", "minimum": "1" * 100_000}}))
+    message = str(caught.value)
+    assert message.startswith("schema: components.schemas.TrainingInput.properties.nnnn")
+    assert len(message) <= MAX_ERROR_CHARS

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cogtrain.contract import DriverReport, ExitCode, Reason
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,5 +52,20 @@ def test_the_driver_never_loads_the_kubernetes_client() -> None:
     assert not {m for m in loaded if not m.startswith("cogtrain")}, loaded
     assert loaded <= {
         "cogtrain", "cogtrain.cli", "cogtrain.commands", "cogtrain.commands.drive",
-        "cogtrain.contract", "cogtrain.destinations", "cogtrain.driver",
+        "cogtrain.contract", "cogtrain.destinations", "cogtrain.driver", "cogtrain.jsonstream",
     }, loaded
+
+
+@pytest.mark.parametrize("listen", ["garbage", "127.0.0.1:99999"])
+def test_a_driver_that_cannot_start_still_reports_and_exits_final(tmp_path: Path, listen: str) -> None:
+    """No traceback and exit 1 (which the Job would retry): a DriverFailed report and a final code."""
+    log = tmp_path / "termination-log"
+    result = subprocess.run(
+        [sys.executable, "-m", "cogtrain.cli", "drive", f"--listen={listen}", "--training-id=t", "--name=n",
+         "--destination=pvc://claim", f"--destination-root={tmp_path}", f"--scratch={tmp_path / 'scratch'}",
+         f"--termination-log={log}", "--setup-timeout=1"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == ExitCode.DRIVER_FAILED, result.stderr
+    assert "Traceback" not in result.stderr
+    report = DriverReport.decode(log.read_text())
+    assert report is not None and report.reason is Reason.DRIVER_FAILED

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import math
+import time
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from cogtrain.schema import TrainingSchema
-from cogtrain.validation import MAX_DEPTH, show, validate_input
+from cogtrain.schema import TrainingSchema, compile_pattern, parse_schema
+from cogtrain.validation import (
+    ENV_STRING_BYTES,
+    INPUTS_TOTAL_BYTES,
+    MAX_DEPTH,
+    MAX_PROBLEMS,
+    MESSAGE_BYTES,
+    PATTERN_WORK,
+    Omitted,
+    Problem,
+    ValidationResult,
+    show,
+    summarize,
+    validate_input,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -148,8 +164,6 @@ def test_secret_inputs_naming_an_unknown_input(all_inputs: TrainingSchema, schem
 
 
 def test_required_secret_must_come_from_secret_inputs() -> None:
-    from cogtrain.schema import parse_schema
-
     document = {"components": {"schemas": {"TrainingInput": {
         "type": "object", "required": ["token"],
         "properties": {"token": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True}},
@@ -196,7 +210,7 @@ def test_megabyte_string_is_truncated_in_messages(all_inputs: TrainingSchema) ->
     [line] = problems(all_inputs, {**BASE, "run_name": huge})
     assert len(line) < 300
     assert "(1000000 characters)" in line
-    assert validate_input(all_inputs, {**BASE, "notes": huge}).ok, "no maxLength: Cog takes it too"
+    assert validate_input(all_inputs, {**BASE, "notes": huge[:100_000]}).ok, "no maxLength: Cog takes it too"
 
 
 def test_deeply_nested_value(all_inputs: TrainingSchema) -> None:
@@ -210,8 +224,6 @@ def test_deeply_nested_value(all_inputs: TrainingSchema) -> None:
 
 
 def test_deeply_nested_value_for_an_untyped_input() -> None:
-    from cogtrain.schema import parse_schema
-
     schema = parse_schema({"components": {"schemas": {"TrainingInput": {"properties": {"blob": {}}}}}})
     nested: Any = 1
     for _ in range(MAX_DEPTH + 5):
@@ -245,14 +257,233 @@ def test_show_is_safe_for_any_value() -> None:
     assert show(10**10000).startswith("an integer of about")
 
 
-def test_pattern_this_engine_cannot_read_is_left_to_the_model_server() -> None:
-    from cogtrain.schema import parse_schema
-
+@pytest.mark.parametrize("pattern", ["^(?<=a)b", "^(.)\\1$", "^x\\b"])
+def test_pattern_this_engine_cannot_read_is_left_to_the_model_server(pattern: str) -> None:
+    """Lookaround and backreferences (RE2 has none), a Unicode word boundary (RE2's is ASCII)."""
     schema = parse_schema({"components": {"schemas": {"TrainingInput": {"properties": {
-        "word": {"type": "string", "pattern": "^\\p{L}+$"}}}}}})
+        "word": {"type": "string", "pattern": pattern}}}}}})
     result = validate_input(schema, {"word": "héllo"})
     assert result.ok
     assert [str(w) for w in result.warnings] == [
-        "input.word: the model's pattern ^\\p{L}+$ cannot be checked here; "
+        f"input.word: the model's pattern {pattern} cannot be checked here; "
         "the model server will check it when the training starts"
     ]
+
+
+def test_unicode_property_pattern_is_checked() -> None:
+    """Python's engine could not read \\p{L}; RE2 reads it as Cog does (a Unicode letter)."""
+    schema = parse_schema({"components": {"schemas": {"TrainingInput": {"properties": {
+        "word": {"type": "string", "pattern": "^\\p{L}+$"}}}}}})
+    assert validate_input(schema, {"word": "héllo"}).ok
+    assert problems(schema, {"word": "p{L}"})[0].startswith('input.word: "p{L}" does not match the pattern')
+
+
+# --- list[Secret] ----------------------------------------------------------------------------
+
+
+def test_list_of_secrets_is_refused_in_spec_input(schemas: dict[str, TrainingSchema]) -> None:
+    found = problems(schemas["secret-list"], {"tokens": ["tok-AAA", "tok-BBB"]})
+    assert found == [
+        "input.tokens: is a Secret input: its value must not be written in spec.input; reference a Kubernetes "
+        "Secret instead (secretInputs: {tokens: {name: SECRET, key: KEY}}, the key holding a JSON array of strings)"
+    ]
+
+
+def test_list_of_secrets_via_secret_inputs(schemas: dict[str, TrainingSchema]) -> None:
+    result = validate_input(schemas["secret-list"], {"steps": 2}, ["tokens", "spare_tokens"])
+    assert result.ok
+    assert result.input == {"steps": 2}
+    assert result.secret_names == result.secret_list_names == ["tokens", "spare_tokens"]
+    assert validate_input(schemas["all-inputs"], BASE, ["hf_token"]).secret_list_names == []
+
+
+def test_required_list_of_secrets_is_missing(schemas: dict[str, TrainingSchema]) -> None:
+    assert problems(schemas["secret-list"], {}) == [
+        "secretInputs.tokens: required Secret input is missing: add it to secretInputs as "
+        "{tokens: {name: SECRET, key: KEY}}, the key holding a JSON array of strings"
+    ]
+
+
+# --- limits: bounded time, memory and messages -----------------------------------------------
+
+
+def _schema(properties: dict[str, Any]) -> TrainingSchema:
+    return parse_schema({"components": {"schemas": {"TrainingInput": {"type": "object", "properties": properties}}}})
+
+
+def _measure(work: Callable[[], Any]) -> tuple[Any, float, int]:
+    """The result, seconds and peak traced bytes of `work()` (run twice: tracing slows it down)."""
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    tracemalloc.start()
+    try:
+        return work(), seconds, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("length", [25, 100_000])
+def test_catastrophic_pattern_finishes_in_milliseconds(length: int) -> None:
+    """^(a+)+$ against "aaaa…!" takes a backtracking engine 2**length steps; RE2 is linear."""
+    schema = _schema({"name": {"type": "string", "pattern": "^(a+)+$"}})
+    start = time.perf_counter()
+    found = problems(schema, {"name": "a" * length + "!"})
+    assert time.perf_counter() - start < 0.1
+    assert len(found) == 1 and "does not match the pattern ^(a+)+$" in found[0]
+    assert validate_input(schema, {"name": "a" * length}).ok
+
+
+def test_pattern_work_is_bounded() -> None:
+    """RE2 is linear, but in program size times text: a big program on long texts is left to the server."""
+    schema = _schema({"names": {"type": "array", "items": {"type": "string", "pattern": "a.{900}b.{900}c"}}})
+    assert compile_pattern("a.{900}b.{900}c").programsize * 10_000 * 2 < PATTERN_WORK < (
+        compile_pattern("a.{900}b.{900}c").programsize * 10_000 * 3)
+    start = time.perf_counter()
+    result = validate_input(schema, {"names": ["ab" * 5_000] * 5})
+    assert time.perf_counter() - start < 1.0
+    assert [p.field for p in result.problems] == ["input.names[0]", "input.names[1]"]  # checked: no match
+    assert [str(w) for w in result.warnings] == [
+        f"input.names[{index}]: the model's pattern a.{{900}}b.{{900}}c was not checked here for this value (it would "
+        "take too long); the model server will check it when the training starts" for index in (2, 3, 4)]
+    short = validate_input(schema, {"names": ["a" + "x" * 900 + "b" + "y" * 900 + "c", "abc"]})
+    assert short.warnings == []
+    assert [str(p) for p in short.problems] == [
+        'input.names[1]: "abc" does not match the pattern a.{900}b.{900}c (allowed: strings in which that regular '
+        "expression finds a match)"]
+
+
+def test_many_unknown_inputs_against_a_big_schema_stay_small() -> None:
+    """The report that made an 84 MB message: a 23 kB spec.input of unknown names, an 81 kB schema."""
+    schema = _schema({f"model_input_{i:05d}_{'x' * 36}": {"type": "string"} for i in range(1500)})
+    values = {f"unknown_{i:05d}_zz": 1 for i in range(1000)}
+
+    def judge() -> tuple[ValidationResult, str]:
+        result = validate_input(schema, values)
+        return result, "; ".join(map(str, result.problems))
+
+    (result, joined), seconds, peak = _measure(judge)
+    assert len(joined.encode()) < 32768, "what callers join today fits a condition's message"
+    assert joined.count("This model's inputs are") == 1
+    assert result.problem_count == 1000 and len(result.problems) == MAX_PROBLEMS + 1
+    assert result.problems[-1] == Omitted("input", "980 more problems not listed (only the first 20 are)", 980)
+    summary = result.summary()
+    assert len(summary.encode()) <= MESSAGE_BYTES and summary.endswith("980 more problems not listed (only the first 20 are)")
+    assert seconds < 1.0 and peak < 4_000_000
+
+
+def test_a_huge_list_of_wrong_items_is_counted_not_listed(all_inputs: TrainingSchema) -> None:
+    count = 100_000
+    values = {**BASE, "tags": [1] * count}
+    result, seconds, peak = _measure(lambda: validate_input(all_inputs, values))
+    assert len(result.problems) == MAX_PROBLEMS + 1
+    assert str(result.problems[0]) == 'input.tags[0]: 1 is an integer, but this input takes a string; quote it: "1"'
+    assert isinstance(result.problems[-1], Omitted) and result.problem_count == count
+    assert seconds < 1.0 and peak < 4_000_000
+
+
+def test_huge_enum_is_checked_in_linear_time_and_listed_briefly() -> None:
+    choices = [f"choice-{i}" for i in range(20_000)]
+    schema = _schema({"tags": {"type": "array", "items": {"type": "string", "enum": choices}}})
+    values = {"tags": choices[::10] + ["nope"] * 3}
+    start = time.perf_counter()
+    found = problems(schema, values)
+    assert time.perf_counter() - start < 0.5
+    assert len(found) == 3
+    assert found[0].startswith('input.tags[2000]: "nope" is not one of the allowed choices (allowed: "choice-0", ')
+    assert found[0].endswith(', "choice-19", … and 19980 more)') and len(found[0]) < 1000
+
+
+def test_choices_compare_as_json(all_inputs: TrainingSchema) -> None:
+    schema = _schema({"mixed": {"enum": [1, "1", True, None, [1, 2], {"a": 1}]}})
+    for value in (1, 1.0, "1", True, [1, 2], {"a": 1}):
+        assert validate_input(schema, {"mixed": value}).ok, value
+    for value in (2, "2", False, 0, [2, 1], {"a": 2}):
+        assert not validate_input(schema, {"mixed": value}).ok, value
+
+
+def test_long_names_and_patterns_are_shortened_in_messages() -> None:
+    pattern = "^(" + "|".join(f"w{i}" for i in range(2000)) + ")$"
+    schema = _schema({"word": {"type": "string", "pattern": pattern}})
+    found = problems(schema, {"word": "nope", "n" * 1_000_000: 1})
+    assert len(found) == 2 and all(len(line) < 1500 for line in found)
+    assert found[0].startswith(f"input.word: \"nope\" does not match the pattern {pattern[:120]}… ({len(pattern)} characters)")
+    assert found[1].startswith(f"input.{'n' * 64}…: unknown input")
+
+
+def test_warnings_are_bounded_too() -> None:
+    schema = _schema({f"old_{i}": {"type": "integer", "deprecated": True} for i in range(100)})
+    result = validate_input(schema, {f"old_{i}": 1 for i in range(100)})
+    assert result.ok and len(result.warnings) == MAX_PROBLEMS + 1
+    assert str(result.warnings[-1]) == "input: 80 more warnings not listed (only the first 20 are)"
+
+
+@pytest.mark.parametrize("limit", [64, 100, 1000, 8192])
+def test_summary_fits_its_limit_and_counts_what_it_leaves_out(limit: int) -> None:
+    listed = [Problem(f"input.f{i}", "é" * (i * 37 % 300)) for i in range(50)]
+    text = summarize([*listed, Omitted("input", "1000 more problems not listed", 1000)], limit)
+    assert len(text.encode()) <= limit
+    shown = text.count("input.f")
+    assert text.endswith(f"; and {50 - shown + 1000} more problems not shown")
+    assert summarize(listed[:2]) == "; ".join(map(str, listed[:2]))
+
+
+def test_input_too_large_for_one_environment_variable(all_inputs: TrainingSchema) -> None:
+    """Linux's MAX_ARG_STRLEN: one "NAME=value" string of at most 131072 bytes with its NUL."""
+    fits = "n" * (ENV_STRING_BYTES - len('COGTRAIN_INPUT_notes=""') - 1)
+    assert validate_input(all_inputs, {**BASE, "notes": fits}).ok
+    [line] = problems(all_inputs, {**BASE, "notes": fits + "n"})
+    assert line == (
+        "input.notes: is 131073 bytes as the training Pod passes it (the environment variable COGTRAIN_INPUT_notes "
+        "with its JSON value), more than the 131072 bytes one environment variable can hold; pass large data as a "
+        "file instead: a URL (https://...) in an input that takes a file"
+    )
+    [line] = problems(all_inputs, {**BASE, "notes": "é" * 70_000})  # bytes, not characters
+    assert line.startswith("input.notes: is 140024 bytes")
+
+
+def test_inputs_too_large_together() -> None:
+    schema = _schema({f"s{i}": {"type": "string"} for i in range(10)})
+    assert problems(schema, {f"s{i}": "v" * 110_000 for i in range(10)}) == [
+        "input: the inputs are 1100210 bytes together as the training Pod passes them (one environment variable "
+        f"each), more than the {INPUTS_TOTAL_BYTES} bytes allowed for all of them; pass large data as a file "
+        "instead: a URL (https://...) in an input that takes a file"
+    ]
+
+
+def test_numbers_beyond_what_cog_reads_are_refused(all_inputs: TrainingSchema) -> None:
+    """Cog parses JSON numbers as 64-bit floats: 10**309 is 'number out of range' (tests/test_cog_agreement.py)."""
+    assert validate_input(all_inputs, {**BASE, "seed": 10**308}).ok
+    for value in (10**309, -(10**309), 10**100_000):
+        start = time.perf_counter()
+        [line] = problems(all_inputs, {**BASE, "seed": value})
+        assert time.perf_counter() - start < 0.05
+        assert line.startswith("input.seed: an integer of about ") and line.endswith(
+            "is too large: Cog reads numbers as 64-bit floating point, which ends at about 1.8e308")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"a": [10**400]}, "input.blob: a number in the value (an integer of about 401 digits) is too large"),
+        ({"a": math.nan}, "input.blob: the value holds NaN, which JSON cannot express"),
+        ({"a": "x\ud800"}, "input.blob: a text in the value contains an unpaired surrogate"),
+        ({1: "x"}, "input.blob: the value has a key that is an integer; JSON object keys are strings"),
+        ({"a": b"x"}, "input.blob: the value holds a bytes, which is not JSON"),
+    ],
+)
+def test_untyped_values_must_be_json_cog_can_read(value: Any, message: str) -> None:
+    [line] = problems(_schema({"blob": {}}), {"blob": value})
+    assert line.startswith(message)
+
+
+def test_unpaired_surrogate_is_refused(all_inputs: TrainingSchema) -> None:
+    """JSON parsers (Cog's, and the Job's UTF-8 encoding) refuse a lone surrogate."""
+    for name in ("notes", "run_name"):
+        [line] = problems(all_inputs, {**BASE, name: "a\ud800b"})
+        assert line == f"input.{name}: the text contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode text"
+
+
+def test_input_name_that_is_a_huge_integer(all_inputs: TrainingSchema) -> None:
+    [line] = problems(all_inputs, {**BASE, 10**5000: 1})
+    assert line.startswith("input.an integer of about 5001 digits: unknown input")

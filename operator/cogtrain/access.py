@@ -10,6 +10,7 @@ and get each Secret the spec names; a Training whose creator could not do so dir
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,29 +49,53 @@ def needs(spec: Mapping[str, Any]) -> list[Need]:
     return found
 
 
+def _strings(value: Any) -> list[str]:
+    """A list of strings as the API server sends it (anything else is no value)."""
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def refusals(
     authorization: client.AuthorizationV1Api, userinfo: Mapping[str, Any], namespace: str, wanted: list[Need],
-    timeout: float = 5.0,
+    deadline: float = 3.0,
 ) -> list[str]:
-    """One problem per permission the user lacks; raises ApiException when the API cannot answer."""
+    """One problem per permission the user lacks; raises TimeoutError or ApiException when the API
+    cannot answer all of them within `deadline` seconds (the reviews run at once, under one deadline,
+    well inside the webhook's own timeout)."""
     if len(wanted) > MAX_CHECKS:
         return [f"spec: names {len(wanted) - 1} Secrets; at most {MAX_CHECKS - 1} can be checked"]
     user = str(userinfo.get("username") or "")
-    problems = []
-    for need in wanted:
+    uid = str(userinfo.get("uid") or "") or None
+    groups = _strings(userinfo.get("groups"))
+    given = userinfo.get("extra")
+    extra = {str(k): _strings(v) for k, v in given.items()} if isinstance(given, Mapping) else None
+
+    def allowed(need: Need) -> bool:
         review = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
                 user=user,
-                uid=userinfo.get("uid"),
-                groups=list(userinfo.get("groups") or []),
-                extra={k: list(v) for k, v in (userinfo.get("extra") or {}).items()},
+                uid=uid,
+                groups=groups,
+                extra=extra,
                 resource_attributes=client.V1ResourceAttributes(
                     namespace=namespace, verb=need.verb, resource=need.resource, name=need.name
                 ),
             )
         )
-        answer = authorization.create_subject_access_review(review, _request_timeout=timeout)
-        if answer.status is not None and answer.status.allowed:
+        answer = authorization.create_subject_access_review(review, _request_timeout=deadline)
+        return bool(answer.status is not None and answer.status.allowed)
+
+    pool = ThreadPoolExecutor(max_workers=min(8, len(wanted)), thread_name_prefix="access-review")
+    try:
+        futures = [pool.submit(allowed, need) for need in wanted]
+        done, pending = wait(futures, timeout=deadline)
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {len(futures)} access reviews unanswered after {deadline:g} s")
+        answers = [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    problems = []
+    for need, ok in zip(wanted, answers, strict=True):
+        if ok:
             continue
         if need.resource == "pods":
             problems.append(
@@ -94,5 +119,5 @@ def check(
     try:
         return refusals(client.AuthorizationV1Api(api_client), userinfo, namespace, needs(spec))
     except Exception as error:  # noqa: BLE001  (fail closed: no answer is no permission)
-        status = error.status if isinstance(error, ApiException) else type(error).__name__
+        status = f"HTTP {error.status}" if isinstance(error, ApiException) else type(error).__name__
         return [f"spec: cannot check the creator's permissions now ({status}); try again"]

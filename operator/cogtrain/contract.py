@@ -49,6 +49,7 @@ class ExitCode(IntEnum):
     DESTINATION_UNWRITABLE = 13
     CANCELED = 14
     MODEL_UNREACHABLE = 15
+    DRIVER_FAILED = 16
 
     @classmethod
     def final(cls) -> list[int]:
@@ -125,6 +126,7 @@ EXIT_CODES: dict[Reason, ExitCode] = {
     Reason.DESTINATION_UNWRITABLE: ExitCode.DESTINATION_UNWRITABLE,
     Reason.CANCELED: ExitCode.CANCELED,
     Reason.MODEL_UNREACHABLE: ExitCode.MODEL_UNREACHABLE,
+    Reason.DRIVER_FAILED: ExitCode.DRIVER_FAILED,
 }
 
 

@@ -4,6 +4,11 @@ Waits for `/health-check` to say READY, submits the training asynchronously with
 this process, prints the training's logs as they arrive, receives the output files the server
 uploads (`--upload-url` points here), stores them at the destination, and always tells the
 server to shut down. The result follows the contract in docs/driver.md.
+
+What a model server can do to it is bounded (docs/driver.md, "What the driver guards against"):
+while the training runs the driver watches `/health-check`, so a server that dies or restarts ends
+the training; webhook bodies are parsed as they arrive (`jsonstream`), so its memory does not grow
+with the model's log or output; and Secret input values are cut out of all it prints and reports.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import binascii
 import contextlib
 import fcntl
 import http.client
+import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -22,7 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,9 +37,22 @@ from typing import Any, BinaryIO, TextIO
 
 from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, DriverReport, Reason
 from .destinations import Destination, DriverError, safe_name
+from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
 
 UPLOAD_SCHEME = "cogtrain-upload://"
 _CHUNK = 1024 * 1024
+# What one webhook may make the driver keep in memory, in characters. The log is never kept (its new
+# part is printed as it arrives) and a file inside the output (a data: URL) goes to scratch.
+OUTPUT_LIMIT = 4 * 2**20
+ERROR_LIMIT = 64 * 1024  # the model's error: the rest is cut (the report keeps far less)
+METRICS_LIMIT = 64 * 1024  # the model server's metrics: larger ones are ignored
+ANSWER_LIMIT = 256 * 1024  # a JSON answer of the model server (a 422's details), each string cut at 2000
+SETUP_LOG_TAIL = 64 * 1024  # of the setup logs in /health-check answers, only the tail is read
+_SMALL_ANSWER = 64 * 1024
+TERMINAL = ("succeeded", "failed", "canceled")
+# /health-check statuses of a server that is not running a training: during ours, it lost it.
+NOT_TRAINING = frozenset({"READY", "STARTING", "SETUP_FAILED", "DEFUNCT"})
+MASK = "***"
 
 
 class HttpError(OSError):
@@ -40,11 +60,12 @@ class HttpError(OSError):
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 30.0) -> tuple[int, bytes]:
-    """One request with a JSON body to the model server: (status, body). Raises HttpError.
+         timeout: float = 30.0, parse: Callable[[Reader], Any] | None = None) -> tuple[int, Any]:
+    """One request with a JSON body to the model server: (status, answer). Raises HttpError.
 
-    The standard library's client, not `requests`: the driver starts in every training Pod and
-    should be ready in a fraction of a second with little memory.
+    The answer is `parse` applied to a streaming reader of the body, or without `parse` the body's
+    first 64 KiB. The standard library's client, not `requests`: the driver starts in every
+    training Pod and should be ready in a fraction of a second with little memory.
     """
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
@@ -55,11 +76,252 @@ def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None
     try:
         connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), payload, sent)
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(_SMALL_ANSWER) if parse is None else parse(Reader(response.read))
     except (OSError, http.client.HTTPException) as error:
         raise HttpError(str(error) or type(error).__name__) from None
     finally:
         connection.close()
+
+
+def health(model_url: str, timeout: float = 5.0) -> tuple[str | None, str]:
+    """A Cog server's /health-check status and the tail of its setup logs. HttpError: no JSON answer.
+
+    Cog repeats the whole setup log in every answer; only its last 64 KiB are kept.
+    """
+
+    def parse(reader: Reader) -> tuple[str | None, str]:
+        status: Any = None
+        logs = Tail(SETUP_LOG_TAIL)
+        for key in reader.members():
+            if key == "status":
+                status = reader.value(Budget(64))
+            elif key == "setup" and reader.peek() == "{":
+                for inner in reader.members():
+                    if inner == "logs" and reader.peek() == '"':
+                        reader.string(logs)
+                    else:
+                        reader.skip()
+            else:
+                reader.skip()
+        return (status if isinstance(status, str) else None), logs.text
+
+    try:
+        answer: tuple[str | None, str] = call("GET", f"{model_url}/health-check", timeout=timeout, parse=parse)[1]
+    except JSONStreamError as error:
+        raise HttpError(f"/health-check did not answer JSON: {error}") from None
+    return answer
+
+
+class Redactor:
+    """Cuts Secret input values out of text, as they are and as JSON, Python and URLs encode them."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            for value in _secret_values(secret):
+                forms.update((value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+                              repr(value)[1:-1], urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)))
+        forms.discard("")
+        self.forms = sorted(forms, key=len, reverse=True)  # the longest form first where several match
+        self._pattern = re.compile("|".join(map(re.escape, self.forms))) if self.forms else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def __call__(self, text: str) -> str:
+        return text if self._pattern is None else self._pattern.sub(MASK, text)
+
+    def partial(self, text: str) -> int:
+        """How many characters at the end of `text` could be the beginning of a secret."""
+        longest = 0
+        for form in self.forms:
+            start = max(0, len(text) - len(form) + 1)
+            while (at := text.find(form[0], start, len(text) - longest)) != -1:  # only longer ones count
+                if form.startswith(text[at:]):
+                    longest = len(text) - at
+                    break
+                start = at + 1
+        return longest
+
+    def cut(self, text: str) -> str:
+        """A text that was cut short: redacted, and without a trailing beginning of a secret."""
+        text = self(text)
+        return text[: len(text) - self.partial(text)]
+
+    def value(self, value: Any) -> Any:
+        """A JSON value with every string in it (keys too) redacted."""
+        if not self:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, dict):
+            return {self(str(key)): self.value(item) for key, item in value.items()}
+        return value
+
+
+def _secret_values(secret: str) -> list[str]:
+    """A Secret's value, and the strings in it when it holds a JSON array (a `list[Secret]` input)."""
+    values = [secret] if secret.strip() else []
+    with contextlib.suppress(ValueError, RecursionError):
+        parsed = json.loads(secret)
+        if isinstance(parsed, list):
+            values += [item for item in parsed if isinstance(item, str) and item.strip()]
+    return values
+
+
+def secrets_from_env(environ: Mapping[str, str]) -> list[str]:
+    """The Secret input values the Job passes (COGTRAIN_SECRET_INPUT_*): what the driver never repeats."""
+    return [value for key, value in environ.items() if key.startswith(SECRET_ENV_PREFIX)]
+
+
+class RedactingWriter:
+    """Text to a stream with secrets cut out; a trailing piece that could begin one waits for what follows."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self.stream, self.redactor = stream, redactor
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        if self.redactor:
+            text = self.redactor(self.pending + text)
+            held = self.redactor.partial(text)
+            text, self.pending = text[: len(text) - held], text[len(text) - held :]
+        if text:
+            self.stream.write(text)
+
+    def flush(self, final: bool = False) -> None:
+        if final and self.pending:
+            self.stream.write(self.pending)
+            self.pending = ""
+        self.stream.flush()
+
+
+class _Cut(Text):
+    """A string kept up to `cap` characters; a longer one is cut (redacted first) and marked with …."""
+
+    def __init__(self, budget: Budget, cap: int, redactor: Redactor) -> None:
+        super().__init__(budget, cap)
+        self.redactor = redactor
+
+    def value(self) -> Any:
+        text = super().value()
+        return self.redactor.cut(text) + "…" if self.truncated else text
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A data: URL in the model's output (a file inside a TrainingOutput), decoded to a file in scratch."""
+
+    path: Path
+
+
+class DataUrlFile:
+    """Decodes a data: URL's payload (base64 or percent-encoded) into a file, piece by piece."""
+
+    def __init__(self, path: Path, base64_encoded: bool) -> None:
+        self.path = path
+        self.base64 = base64_encoded
+        self.rest = ""
+        self.out: BinaryIO = path.open("wb")
+
+    def write(self, text: str) -> None:
+        text = self.rest + text
+        if self.base64:
+            if any(c.isspace() for c in text[:64]) or any(c.isspace() for c in text[-64:]):
+                text = "".join(text.split())
+            end = len(text) - len(text) % 4
+        else:  # keep a %XX escape that is not complete yet
+            percent = text.rfind("%", max(0, len(text) - 2))
+            end = percent if percent >= 0 else len(text)
+        self.rest = text[end:]
+        self._put(text[:end])
+
+    def _put(self, text: str) -> None:
+        if not text:
+            return
+        try:
+            data = base64.b64decode(text) if self.base64 else urllib.parse.unquote_to_bytes(text)
+        except (binascii.Error, ValueError):
+            raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL") from None
+        try:
+            self.out.write(data)
+        except OSError as error:
+            raise DriverError(Reason.TRAINING_FAILED,
+                              f"cannot keep the model's output file in scratch: {error.strerror}") from None
+
+    def close(self) -> None:
+        rest, self.rest = self.rest, ""
+        try:
+            self._put(rest + "=" * (-len(rest) % 4) if self.base64 else rest)
+        finally:
+            self.out.close()
+
+    def discard(self) -> None:
+        self.out.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _OutputString(Text):
+    """A string in the model's output: kept within the output's budget, unless it is a data: URL, whose
+    payload is decoded into a file in scratch as it arrives (it becomes `Spooled`)."""
+
+    def __init__(self, budget: Budget, new_file: Callable[[bool], DataUrlFile]) -> None:
+        super().__init__(budget)
+        self.new_file = new_file
+        self.head = ""  # until it is known whether this is a data: URL, and then its header
+        self.mode = "undecided"  # "plain", "header" (data:...,), "payload"
+        self.file: DataUrlFile | None = None
+
+    def write(self, text: str) -> None:
+        if self.file is not None:
+            self.file.write(text)
+            return
+        if self.mode == "plain":
+            super().write(text)
+            return
+        self.head += text
+        if self.mode == "undecided":
+            if len(self.head) < 5 and "data:".startswith(self.head):
+                return
+            if not self.head.startswith("data:"):
+                self.mode, head, self.head = "plain", self.head, ""
+                super().write(head)
+                return
+            self.mode = "header"
+        header, comma, payload = self.head.partition(",")
+        if not comma:
+            if len(self.head) > 4096:
+                raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL")
+            return
+        self.head = ""
+        self.file = self.new_file(header.endswith(";base64"))
+        self.file.write(payload)
+
+    def value(self) -> Any:
+        if self.file is not None:
+            self.file.close()
+            return Spooled(self.file.path)
+        if self.mode == "header":
+            raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL")
+        if self.mode == "undecided":
+            super().write(self.head)
+        return super().value()
+
+
+class _NewLogs:
+    """The `logs` string of a webhook: Cog sends the whole log each time; only the part not yet printed is."""
+
+    def __init__(self, printed: int, out: RedactingWriter) -> None:
+        self.printed, self.out = printed, out
+        self.seen = 0
+
+    def write(self, text: str) -> None:
+        end = self.seen + len(text)
+        if end > self.printed:
+            self.out.write(text[max(0, self.printed - self.seen) :])
+        self.seen = end
 
 
 @dataclass
@@ -73,17 +335,132 @@ class _State:
     metrics: dict[str, Any] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     uploads: dict[str, Path] = field(default_factory=dict)
+    failure: DriverError | None = None  # what a webhook made of the training (an unusable output)
 
 
-class Receiver:
-    """The driver's HTTP side: webhooks from the model server and its output file uploads."""
+class Inbox:
+    """What the model server sends the driver: webhooks (read as they arrive) and output file uploads."""
 
-    def __init__(self, scratch: Path, listen: str, log: TextIO, notices: TextIO = sys.stderr) -> None:
+    def __init__(self, scratch: Path, log: TextIO, notices: TextIO = sys.stderr,
+                 redactor: Redactor | None = None) -> None:
         self.state = _State()
         self.scratch = scratch
         self._lock = threading.Lock()
-        self.log = log
+        self._webhooks = threading.Lock()  # one webhook at a time: its log goes out as it is read
+        self._spools = itertools.count(1)
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.log = RedactingWriter(log, self.redactor)
         self.notices = notices
+
+    def notice(self, text: str) -> None:
+        self.notices.write(self.redactor(text) + "\n")
+        self.notices.flush()
+
+    def upload_path(self, name: str) -> Path:
+        with self._lock:
+            path = self.scratch / name
+            counter = 1
+            while path.exists() or path.name in self.state.uploads:
+                counter += 1
+                path = self.scratch / f"{Path(name).stem}-{counter}{Path(name).suffix}"
+            self.state.uploads[path.name] = path  # reserved here; the file is created new by its writer
+        return path
+
+    def forget_upload(self, path: Path) -> None:
+        """An upload that failed: its file and its name are gone (a file that never arrived)."""
+        path.unlink(missing_ok=True)
+        with self._lock:
+            self.state.uploads.pop(path.name, None)
+
+    def _spool_file(self, base64_encoded: bool) -> DataUrlFile:
+        # Upload names never start with a dot (safe_name), so these cannot collide with them.
+        return DataUrlFile(self.scratch / f".inline-{next(self._spools)}", base64_encoded)
+
+    def webhook(self, read: Callable[[int], bytes]) -> None:
+        """Read one webhook body as it arrives: print the log's new part, keep the rest within bounds."""
+        with self._webhooks:
+            spools: list[DataUrlFile] = []
+
+            def new_file(base64_encoded: bool) -> DataUrlFile:
+                spools.append(self._spool_file(base64_encoded))
+                return spools[-1]
+
+            try:
+                self._webhook(Reader(read), new_file, spools)
+            except DriverError as failure:
+                for spool in spools:
+                    spool.discard()
+                if not self.state.done.is_set():
+                    self.state.failure = failure
+                    self.state.done.set()
+            except (ValueError, OSError) as error:  # not JSON (JSONStreamError), or the connection broke
+                for spool in spools:
+                    spool.discard()
+                self.notice(f"ignored a webhook from the model server that could not be read: {error}")
+            finally:
+                self.log.flush()
+
+    def _webhook(self, reader: Reader, new_file: Callable[[bool], DataUrlFile], spools: list[DataUrlFile]) -> None:
+        state = self.state
+        status: Any = None
+        error: Any = None
+        metrics: Any = None
+        output: Any = None
+        output_budget = Budget(OUTPUT_LIMIT)
+        for key in reader.members():
+            if key == "logs" and reader.peek() == '"':
+                logs = _NewLogs(state.logs_printed, self.log)
+                try:
+                    reader.string(logs)
+                finally:  # what was printed stays printed, even from a webhook cut short
+                    state.logs_printed = max(state.logs_printed, logs.seen)
+            elif key == "status":
+                status = reader.value(Budget(64))
+            elif key == "error":
+                error = reader.value(Budget(ERROR_LIMIT), lambda budget: _Cut(budget, ERROR_LIMIT, self.redactor))
+            elif key == "metrics":
+                budget = Budget(METRICS_LIMIT)
+                metrics = reader.value(budget)
+                if budget.exceeded:
+                    metrics = None
+                    self.notice(f"ignored the model server's metrics: larger than {METRICS_LIMIT} characters")
+            elif key == "output":
+                output = reader.value(output_budget, lambda budget: _OutputString(budget, new_file))
+            else:  # the input (Secret values included), timestamps, ids: not needed
+                reader.skip()
+        if isinstance(metrics, dict):
+            state.metrics.update(metrics)
+        if isinstance(status, str) and status:
+            state.status = status
+        if status not in TERMINAL or state.done.is_set():  # an earlier output, or a repeated completion
+            for spool in spools:
+                spool.discard()
+            return
+        if status == "succeeded" and output_budget.exceeded:
+            raise DriverError(Reason.TRAINING_FAILED,
+                              f"the model's output is larger than {OUTPUT_LIMIT // 2**20} MiB without its files; "
+                              "return large data as a file (a cog.Path)")
+        state.output, state.error = output, error if isinstance(error, str) else None
+        state.done.set()
+
+    def finish(self) -> None:
+        """Print what the log still held back (a possible beginning of a secret that never continued).
+
+        Not if a webhook is still being read (its output may be blocked): the training has ended.
+        """
+        if self._webhooks.acquire(timeout=2):
+            try:
+                self.log.flush(final=True)
+            finally:
+                self._webhooks.release()
+
+
+class Receiver(Inbox):
+    """The driver's HTTP side: the Inbox served on `listen` (the webhook URL and Cog's --upload-url)."""
+
+    def __init__(self, scratch: Path, listen: str, log: TextIO, notices: TextIO = sys.stderr,
+                 redactor: Redactor | None = None) -> None:
+        super().__init__(scratch, log, notices, redactor)
         host, _, port = listen.rpartition(":")
         receiver = self
 
@@ -92,10 +469,9 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802  (webhook)
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    receiver.webhook(json.loads(self.rfile.read(length)))
-                except ValueError:
+                body = _body(self)
+                receiver.webhook(body.read)
+                while body.read(_CHUNK):  # what the reader left (it stops at the end of the JSON, or an error)
                     pass
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -104,23 +480,25 @@ class Receiver:
             def do_PUT(self) -> None:  # noqa: N802  (an output file: streamed to disk, never held whole)
                 name = safe_name(self.path.split("?", 1)[0])
                 path = receiver.upload_path(name)
-                remaining = int(self.headers.get("Content-Length") or 0)
                 started = time.monotonic()
-                # A new file ("x"): reopening an existing one with truncation makes ext4 flush the
-                # whole file to disk on close (auto_da_alloc), a third of the receive rate.
-                with path.open("xb") as out:
-                    if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                        while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
-                            shutil.copyfileobj(_Limited(self.rfile, size), out, _CHUNK)
-                            self.rfile.readline()
-                        self.rfile.readline()
-                    else:
-                        _receive(self.rfile, self.connection, out, remaining)
-                    size = out.tell()
+                try:
+                    # A new file ("x"): reopening an existing one with truncation makes ext4 flush the
+                    # whole file to disk on close (auto_da_alloc), a third of the receive rate.
+                    with path.open("xb") as out:
+                        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                            shutil.copyfileobj(_Chunked(self.rfile), out, _CHUNK)
+                        else:
+                            _receive(self.rfile, self.connection, out, _length(self))
+                        size = out.tell()
+                except (OSError, ValueError) as error:
+                    receiver.forget_upload(path)
+                    receiver.notice(f"the upload of {path.name} failed: {error}")
+                    with contextlib.suppress(OSError):
+                        self.send_error(500)
+                    return
                 seconds = time.monotonic() - started
                 rate = size / max(seconds, 1e-6) / 2**20
-                receiver.notices.write(f"received {path.name}: {size} bytes in {seconds:.2f} s ({rate:.0f} MiB/s)\n")
-                receiver.notices.flush()
+                receiver.notice(f"received {path.name}: {size} bytes in {seconds:.2f} s ({rate:.0f} MiB/s)")
                 self.send_response(201)
                 self.send_header("Location", f"{UPLOAD_SCHEME}{path.name}")
                 self.send_header("Content-Length", "0")
@@ -136,33 +514,55 @@ class Receiver:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def upload_path(self, name: str) -> Path:
-        with self._lock:
-            path = self.scratch / name
-            counter = 1
-            while path.exists() or path.name in self.state.uploads:
-                counter += 1
-                path = self.scratch / f"{Path(name).stem}-{counter}{Path(name).suffix}"
-            self.state.uploads[path.name] = path  # reserved here; the file is created new by its writer
-        return path
-
-    def webhook(self, payload: dict[str, Any]) -> None:
-        state = self.state
-        logs = payload.get("logs") or ""
-        if isinstance(logs, str) and len(logs) > state.logs_printed:
-            self.log.write(logs[state.logs_printed :])
-            self.log.flush()
-            state.logs_printed = len(logs)
-        if isinstance(payload.get("metrics"), dict):
-            state.metrics.update(payload["metrics"])
-        state.status = payload.get("status") or state.status
-        if state.status in ("succeeded", "failed", "canceled"):
-            state.output, state.error = payload.get("output"), payload.get("error")
-            state.done.set()
-
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _length(handler: BaseHTTPRequestHandler) -> int:
+    try:
+        return max(0, int(handler.headers.get("Content-Length") or 0))
+    except ValueError:
+        return 0
+
+
+def _body(handler: BaseHTTPRequestHandler) -> _Limited | _Chunked:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        return _Chunked(handler.rfile)
+    return _Limited(handler.rfile, _length(handler))
+
+
+class _Chunked:
+    """The body of a request sent with chunked transfer encoding."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.left = 0
+        self.ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.ended:
+            return b""
+        if not self.left:
+            line = self.stream.readline(1024)
+            try:
+                self.left = int(line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                self.ended = True
+                raise ValueError("a malformed chunked body") from None
+            if not self.left:
+                while self.stream.readline(1024).strip():  # trailers, to the empty line
+                    pass
+                self.ended = True
+                return b""
+        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left))
+        if not data:
+            self.ended = True
+            return b""
+        self.left -= len(data)
+        if not self.left:
+            self.stream.readline(1024)  # the chunk's CRLF
+        return data
 
 
 def _receive(rfile: Any, connection: socket.socket, out: BinaryIO, length: int) -> None:
@@ -202,7 +602,7 @@ class _Limited:
         if self.left <= 0:
             return b""
         data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left))
-        self.left -= len(data)
+        self.left = self.left - len(data) if data else 0
         return data
 
 
@@ -223,20 +623,41 @@ class Driver:
     progress: Callable[[float, str], None] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     metrics: dict[str, Any] = field(default_factory=dict)  # what the model server reported, after run()
+    # The health watch while the training runs: /health-check every `health_interval` seconds; no
+    # answer for `health_grace` seconds is MODEL_UNREACHABLE, and an answer saying the server runs no
+    # training (it restarted: READY, STARTING, ...) for `lost_grace` seconds is TRAINING_FAILED.
+    health_interval: float = 5.0
+    health_grace: float = 60.0
+    lost_grace: float = 30.0
+    # Values never to print or report (replaced by ***); None: the COGTRAIN_SECRET_INPUT_* variables.
+    secrets: Iterable[str] | None = None
+    redactor: Redactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redactor = Redactor(secrets_from_env(os.environ) if self.secrets is None else self.secrets)
 
     def run(self) -> Any:
-        """The output with every file replaced by its stored URI, or DriverError."""
+        """The output with every file replaced by its stored URI, or DriverError; no Secret value in either."""
+        try:
+            output = self._run()
+        except DriverError as error:
+            raise DriverError(error.reason, self.redactor(error.message)) from None
+        self.metrics = self.redactor.value(self.metrics)
+        return self.redactor.value(output)
+
+    def _run(self) -> Any:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log, self.notices)
+        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log, self.notices,
+                            self.redactor)
         try:
             self.destination.check()
-            self._wait_ready()
+            self._wait_ready(receiver)
             self._submit(receiver.url)
-            while not receiver.state.done.wait(0.2):
-                if self.cancel_requested.is_set():
-                    self._cancel(receiver)
+            self._await(receiver)
             state = receiver.state
             self.metrics = dict(state.metrics)
+            if state.failure is not None:
+                raise state.failure
             if state.status == "canceled" or self.cancel_requested.is_set():
                 raise DriverError(Reason.CANCELED, "the training was canceled")
             if state.status == "failed":
@@ -245,16 +666,17 @@ class Driver:
                 )
             return self._store(state.output, receiver)
         finally:
+            receiver.finish()
             self._shutdown()
             receiver.stop()
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, receiver: Receiver) -> None:
         def canceled() -> DriverError | None:
             if self.cancel_requested.is_set():
                 return DriverError(Reason.CANCELED, "the training was canceled before it started")
             return None
 
-        wait_ready(self.model_url, self.setup_timeout, self.log, self.progress, canceled)
+        wait_ready(self.model_url, self.setup_timeout, receiver.log, self.progress, canceled)
 
     def _submit(self, receiver_url: str) -> None:
         body: dict[str, Any] = {
@@ -262,22 +684,63 @@ class Driver:
             "webhook": f"{receiver_url}/webhook",
             "webhook_events_filter": ["start", "output", "logs", "completed"],
         }
+
+        def answer(reader: Reader) -> Any:
+            with contextlib.suppress(JSONStreamError):
+                return reader.value(Budget(ANSWER_LIMIT), lambda budget: _Cut(budget, 2000, self.redactor))
+            return None
+
         try:
-            code, answer = call(
-                "PUT", f"{self.model_url}/trainings/{self.training_id}", body, {"Prefer": "respond-async"}
+            code, detail = call(
+                "PUT", f"{self.model_url}/trainings/{self.training_id}", body, {"Prefer": "respond-async"},
+                parse=answer,
             )
         except HttpError as error:
             raise DriverError(Reason.MODEL_UNREACHABLE, f"cannot submit the training: {error}") from None
         if code == 422:
             try:
-                details = [
-                    f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in json.loads(answer)["detail"]
-                ]
-            except (ValueError, KeyError, TypeError):
-                details = [answer[:500].decode(errors="replace")]
+                details = [f"input.{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in detail["detail"]]
+            except (KeyError, TypeError):
+                details = [self.redactor.cut(json.dumps(detail, ensure_ascii=False)[:500])]
             raise DriverError(Reason.INPUT_REJECTED, "the model rejected the input: " + "; ".join(details))
         if code >= 300:
             raise DriverError(Reason.MODEL_UNREACHABLE, f"the model server answered HTTP {code}")
+
+    def _await(self, receiver: Receiver) -> None:
+        """Wait for the training's end, watching the model server's /health-check meanwhile."""
+        last_answer = time.monotonic()
+        idle_since: float | None = None
+        next_check = last_answer + self.health_interval
+        while not receiver.state.done.wait(min(0.2, self.health_interval)):
+            if self.cancel_requested.is_set():
+                self._cancel(receiver)
+                continue
+            if time.monotonic() < next_check:
+                continue
+            try:
+                status, _ = health(self.model_url, timeout=max(1.0, min(5.0, self.health_interval)))
+            except HttpError as error:
+                silent = time.monotonic() - last_answer
+                if silent > self.health_grace and not receiver.state.done.is_set():
+                    raise DriverError(
+                        Reason.MODEL_UNREACHABLE,
+                        f"the model server stopped answering during the training: no answer to /health-check "
+                        f"for {silent:.0f} s ({error}); it exited or hangs, and the training is lost",
+                    ) from None
+            else:
+                last_answer = time.monotonic()
+                if status not in NOT_TRAINING:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = last_answer
+                elif last_answer - idle_since >= self.lost_grace and not receiver.state.done.is_set():
+                    raise DriverError(
+                        Reason.TRAINING_FAILED,
+                        f"the model server lost the training: it has answered {status} (running no training) for "
+                        f"{last_answer - idle_since:.0f} s and never reported the training's end; it restarted "
+                        "(a crash, or the model container killed, e.g. out of memory)",
+                    )
+            next_check = time.monotonic() + self.health_interval
 
     def _cancel(self, receiver: Receiver) -> None:
         try:
@@ -297,26 +760,26 @@ class Driver:
             return [self._store(item, receiver) for item in output]
         if isinstance(output, dict):
             return {key: self._store(value, receiver) for key, value in output.items()}
+        if isinstance(output, Spooled):  # decoded while the webhook arrived
+            path = receiver.upload_path("output")
+            output.path.rename(path)
+            return self.destination.put(path, path.name)
         if isinstance(output, str) and output.startswith(UPLOAD_SCHEME):
             name = output[len(UPLOAD_SCHEME) :]
             upload = receiver.state.uploads.get(name)
-            if upload is None:
+            if upload is None or not upload.exists():
                 raise DriverError(
                     Reason.TRAINING_FAILED,
                     f"the model's output names an uploaded file that never arrived: {name[:200]}",
                 )
             return self.destination.put(upload, name)
-        if isinstance(output, str) and output.startswith("data:"):
-            path = receiver.upload_path("output")
-            decode_data_url(output, path)
-            return self.destination.put(path, path.name)
         return output
 
 
 def wait_ready(
     model_url: str,
     setup_timeout: float,
-    log: TextIO,
+    log: Sink,
     progress: Callable[[float, str], None] | None = None,
     stop: Callable[[], DriverError | None] = lambda: None,
 ) -> None:
@@ -331,17 +794,14 @@ def wait_ready(
         if error is not None:
             raise error
         try:
-            health = json.loads(call("GET", f"{model_url}/health-check", timeout=5)[1])
+            status, setup_logs = health(model_url)
             answered = True
-        except (HttpError, ValueError):
-            health = {}
-        if not isinstance(health, dict):
-            health = {}
-        status = health.get("status")
+        except HttpError:
+            status, setup_logs = None, ""
         if status == "READY":
             return
         if status == "SETUP_FAILED":
-            logs = ((health.get("setup") or {}).get("logs") or "").strip().splitlines()[-20:]
+            logs = setup_logs.strip().splitlines()[-20:]
             log.write("\n".join(logs) + "\n")
             raise DriverError(Reason.SETUP_FAILED, "the model's setup failed: " + (logs[-1] if logs else "no logs"))
         if progress is not None:
@@ -353,26 +813,24 @@ def wait_ready(
 
 
 def decode_data_url(url: str, path: Path) -> None:
-    """Write a data: URL's bytes to `path`, decoding base64 in pieces (outputs can be large)."""
+    """Write a data: URL's bytes to `path`, decoding in pieces (outputs can be large)."""
     header, _, payload = url.partition(",")
-    with path.open("wb") as out:
-        if header.endswith(";base64"):
-            for start in range(0, len(payload), 4 * _CHUNK):
-                try:
-                    out.write(base64.b64decode(payload[start : start + 4 * _CHUNK]))
-                except binascii.Error:
-                    raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL") from None
-        else:
-            out.write(urllib.parse.unquote_to_bytes(payload))
+    decoder = DataUrlFile(path, header.endswith(";base64"))
+    try:
+        for start in range(0, len(payload), 4 * _CHUNK):
+            decoder.write(payload[start : start + 4 * _CHUNK])
+    finally:
+        decoder.close()
 
 
 def termination_message(
     output: Any, error: DriverError | None, destination: Destination | None, metrics: dict[str, Any] | None = None
 ) -> str:
-    """The report the operator reads (contract.DriverReport), within the termination message's limit.
+    """The report the operator reads (contract.DriverReport), always within the termination message's limit.
 
     Too long with the model's metrics: they are left out; still too long: the output is stored as
-    output.json at the destination and referenced; failures are cut to fit by encoded bytes.
+    output.json at the destination and referenced (if that fails, the report is that failure);
+    failures are cut to fit by encoded bytes.
     """
     if error is not None:
         return DriverReport.failure(error.reason, error.message).encode()
@@ -380,12 +838,25 @@ def termination_message(
     if not report.fits():
         report = DriverReport.success(output)
     if not report.fits() and destination is not None:
-        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:
-            json.dump(output, handle)
-        stored = {"$ref": destination.put(Path(handle.name), "output.json")}
+        try:
+            with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:
+                json.dump(output, handle)
+            stored = {"$ref": destination.put(Path(handle.name), "output.json")}
+        except DriverError as failure:
+            return DriverReport.failure(
+                failure.reason, f"the training succeeded, but its output could not be stored: {failure.message}"
+            ).encode()
+        except OSError as failure:
+            return DriverReport.failure(
+                Reason.DESTINATION_UNWRITABLE,
+                f"the training succeeded, but its output could not be written as output.json: {failure.strerror}",
+            ).encode()
         report = report.model_copy(update={"output": stored, "weights": report.weights})
         if not report.fits():  # the weights' own URI is what does not fit: the output.json names it
             report = report.model_copy(update={"weights": None})
+    if not report.fits():  # no destination to hold it (`cogtrain drive` always has one): say so, within the limit
+        report = DriverReport(status="succeeded", message="the output is too large for the termination message "
+                              "and there is no destination to store it")
     return report.encode()
 
 

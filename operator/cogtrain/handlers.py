@@ -21,6 +21,7 @@ from typing import Any, NoReturn, cast
 
 import kopf
 import pydantic
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -185,8 +186,10 @@ def _api_message(what: str, error: ApiException) -> str:
 
 
 def _owned_by(obj: Mapping[str, Any] | None, uid: str | None) -> bool:
+    """Controlled by `uid` (the ownerReference with controller: true, as the Job controller and this
+    operator write it): a reference added by anyone else does not make a Pod or Job ours."""
     owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return any(owner.get("uid") == uid for owner in owners)
+    return uid is not None and any(owner.get("uid") == uid and owner.get("controller") is True for owner in owners)
 
 
 def _plain(runtime: Runtime, obj: Any) -> Any:
@@ -504,16 +507,44 @@ def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:
     return read
 
 
-def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any]) -> None:
+def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any],
+                 finished_job: Mapping[str, Any] | None = None) -> None:
+    """Recompute the Training's status; kopf never retries event handlers, so transient API errors are
+    retried here (a few times, with backoff) rather than leaving a Training behind its Job."""
     key = (namespace, labels.get(LABEL_TRAINING))
     jobs: kopf.Index[Any, Any] = indexes["training_jobs"]
     pods: kopf.Index[Any, Any] = indexes["training_pods"]
-    sync_status(_runtime(memo), str(namespace), key[1], lambda: (list(jobs.get(key, [])), list(pods.get(key, []))))
+
+    def children() -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        found = list(jobs.get(key, []))
+        return (found or ([finished_job] if finished_job else [])), list(pods.get(key, []))
+
+    for attempt in range(4):
+        try:
+            sync_status(_runtime(memo), str(namespace), key[1], children)
+            return
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+            if isinstance(error, ApiException) and error.status is not None and error.status < 500 and (
+                error.status != 429
+            ):
+                raise
+            if attempt == 3:
+                raise
+            time.sleep(0.5 * 2**attempt)
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
-    _child_event(namespace, labels, memo, kwargs)
+def job_event(namespace: str | None, labels: Mapping[str, str], memo: Any, body: kopf.Body, type: str | None,  # noqa: A002
+              **kwargs: Any) -> None:
+    # A finished Job deleted at once (ttlSecondsAfterFinished: 0) is observed as it last was, so a
+    # status write that failed on its last change is made good here instead of reading as JobLost.
+    deleted = dict(body) if type == "DELETED" and _finished(body) else None
+    _child_event(namespace, labels, memo, kwargs, deleted)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)

@@ -136,7 +136,10 @@ def build_job(
     destination = spec.destination or settings.default_destination or ""
     secret_inputs = dict(spec.secret_inputs or {})
     secret_ref = spec.destination_secret_ref
-    destination_secret = (secret_ref.name if secret_ref else None) or settings.default_destination_secret
+    # The operator's default Secret goes only with its default destination: an author who names
+    # another bucket names its credentials too, and cannot write wherever the admin's reach.
+    default_secret = settings.default_destination_secret if not spec.destination else None
+    destination_secret = (secret_ref.name if secret_ref else None) or default_secret
 
     shm: dict[str, Any] = {"medium": "Memory"}
     if settings.shm_size:
@@ -241,14 +244,16 @@ def build_job(
         "completions": 1,
         "parallelism": 1,
         "suspend": spec.suspend,
+        # The first rule that matches wins: a Pod disrupted (drained, evicted, preempted) is ignored
+        # and replaced even though its driver, stopped by SIGTERM, exits with a final code.
         "podFailurePolicy": {
             "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
                                     "values": ExitCode.final()},
                 },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},

@@ -20,7 +20,7 @@ import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Protocol, cast
 
 import re2  # type: ignore[import-untyped]  # google-re2: no type information
@@ -67,6 +67,22 @@ _brief = _brief_repr().repr
 """A bounded repr of a document value for an error message."""
 
 
+def json_key(value: Any) -> tuple[Any, ...] | None:
+    """A hashable key under which JSON-equal scalars meet (true is not 1, 4.0 is 4, "4" is not 4).
+
+    None for lists, objects and anything else: those are compared one by one.
+    """
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, (int, float)):
+        return ("number", value) if _is_number(value) else None
+    if isinstance(value, str):
+        return ("string", value)
+    return None
+
+
 @dataclass(frozen=True)
 class ValueType:
     """The JSON shape an input (or a list item) accepts."""
@@ -84,6 +100,19 @@ class ValueType:
     pattern: str | None = None
     min_items: int | None = None
     max_items: int | None = None
+
+    @cached_property
+    def choice_lookup(self) -> tuple[frozenset[tuple[Any, ...]], tuple[Any, ...]]:
+        """`choices` for membership in constant time: their json_key()s, and those that have none."""
+        keys = set()
+        others = []
+        for choice in self.choices or ():
+            key = json_key(choice)
+            if key is None:
+                others.append(choice)
+            else:
+                keys.add(key)
+        return frozenset(keys), tuple(others)
 
     @property
     def is_file(self) -> bool:
@@ -406,6 +435,10 @@ def parse_schema_text(text: str | bytes) -> TrainingSchema:
 
 class CompiledPattern(Protocol):
     """What the validator needs of a compiled pattern (an RE2 regexp)."""
+
+    @property
+    def programsize(self) -> int:
+        """RE2's program size: a search costs at most about this many steps per byte of text."""
 
     def search(self, text: str) -> object | None: ...
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from . import certs
 from .admission import FailurePolicy, LookupTimeout
 from .credentials import Keyring
 from .pull_secrets import read_pull_secrets
+from .reference import ReferenceError, parse_reference
 from .resolver import ResolvedModel, SchemaResolver
 
 WEBHOOK_PATH = "validate-training"  # kopf serves a handler at /<its id>; the chart's path must match
@@ -77,18 +79,27 @@ def server(config: WebhookConfig | None, api_client: client.ApiClient) -> Any:
 class BoundedLookup:
     """Schema lookups for admission: pull-secret keyrings cached briefly, and a hard time budget.
 
-    A lookup that runs out of time keeps going in the background and fills the resolver's cache,
-    so the next review of the same model is fast.
+    A lookup that runs out of time keeps going in the background (until the resolver's own
+    deadline) and fills the resolver's cache, so the next review of the same model is fast. Reviews
+    asking for a lookup already in flight wait for it rather than start another, and at most
+    `max_per_registry` of the pool's threads look up one registry host at a time: a slow registry
+    cannot take the pool from the others' reviews (a review that finds its host's share taken waits
+    for it within its budget, then is unchecked like any lookup that runs out of time).
     """
 
     resolver: SchemaResolver
     core: Callable[[], client.CoreV1Api]
     timeout: float = 3.0
     keyring_ttl: float = 30.0
+    max_per_registry: int = 3
     _pool: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="admission-lookup")
     )
     _keyrings: dict[tuple[str, tuple[str, ...], str], tuple[float, Keyring]] = field(default_factory=dict)
+    _inflight: dict[tuple[str, str, tuple[str, ...], str], concurrent.futures.Future[ResolvedModel]] = field(
+        default_factory=dict)
+    _per_host: dict[str, int] = field(default_factory=dict)
+    _slots: threading.Condition = field(default_factory=threading.Condition)
 
     def _keyring(self, namespace: str, secrets: tuple[str, ...], account: str) -> Keyring:
         key = (namespace, secrets, account)
@@ -101,14 +112,49 @@ class BoundedLookup:
         self._keyrings[key] = (time.monotonic() + self.keyring_ttl, keyring)
         return keyring
 
+    def _start(self, image: str, namespace: str, secrets: tuple[str, ...], account: str,
+               deadline: float) -> concurrent.futures.Future[ResolvedModel]:
+        """The lookup of `image` for this namespace: the one in flight, or a new one once its host has a thread."""
+        key = (image, namespace, secrets, account)
+        try:
+            host = parse_reference(image).api_host
+        except ReferenceError:
+            host = ""  # the resolver says why, at once
+        with self._slots:
+            while True:
+                running = self._inflight.get(key)
+                if running is not None:
+                    return running
+                if self._per_host.get(host, 0) < self.max_per_registry:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LookupTimeout(f"no answer within {self.timeout:g} s (earlier lookups at {host} "
+                                        "have not finished)")
+                self._slots.wait(left)
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+
+            def lookup() -> ResolvedModel:
+                return self.resolver.resolve(image, self._keyring(namespace, secrets, account))
+
+            def done(_: concurrent.futures.Future[ResolvedModel]) -> None:
+                with self._slots:
+                    self._inflight.pop(key, None)
+                    self._per_host[host] -= 1
+                    if not self._per_host[host]:
+                        del self._per_host[host]
+                    self._slots.notify_all()
+
+            future = self._pool.submit(lookup)
+            self._inflight[key] = future
+        future.add_done_callback(done)
+        return future
+
     def for_training(self, namespace: str, secrets: tuple[str, ...], account: str) -> Callable[[str], ResolvedModel]:
         deadline = time.monotonic() + self.timeout
 
         def resolve(image: str) -> ResolvedModel:
-            def lookup() -> ResolvedModel:
-                return self.resolver.resolve(image, self._keyring(namespace, secrets, account))
-
-            future = self._pool.submit(lookup)
+            future = self._start(image, namespace, secrets, account, deadline)
             try:
                 return future.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:

@@ -76,6 +76,12 @@ class CogServer:
                 return status, body
             time.sleep(0.02)
 
+    def kill(self) -> None:
+        """Kill the server and its worker at once (SIGKILL to the process group), as a crashed container dies."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -87,11 +93,15 @@ class CogServer:
 
 
 def start_cog_server(
-    model_dir: Path, extra_args: list[str] | None = None, timeout: float = 90, wait_ready: bool = True
+    model_dir: Path, extra_args: list[str] | None = None, timeout: float = 90, wait_ready: bool = True,
+    port: int | None = None,
 ) -> CogServer:
-    """Start Cog's server in train mode on `model_dir` and wait until it is READY (or just answers)."""
+    """Start Cog's server in train mode on `model_dir` and wait until it is READY (or just answers).
+
+    `port`: a given port (a server restarted where the last one was), else a free one.
+    """
     config = yaml.safe_load((model_dir / "cog.yaml").read_text())
-    port = free_port()
+    port = port or free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env.update(

@@ -328,6 +328,8 @@ class ControlPlane:
         return self
 
     def _start(self, timeout: float) -> None:
+        """etcd and the API server start together (it retries etcd); the controller manager and the scheduler
+        once the API server is ready."""
         began = time.monotonic()
         if self.binaries is None:
             self.binaries = k8s_binaries()
@@ -342,10 +344,15 @@ class ControlPlane:
             "kubernetes.default.svc.cluster.local"))
         kubelet_client = self.ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
         sa_key, sa_pub = _service_account_keys(self.pki)
+        admin_cert, admin_key = self.ca.issue("admin", "cogtrain-test-admin", ("system:masters",))
+        etcd_port, peer_port, self.api_port = free_port(), free_port(), free_port()
+        kcm_port, scheduler_port = free_port(), free_port()
+        write_kubeconfig(self.kubeconfig, self.server, self.ca.cert_path, admin_cert, admin_key, "cogtrain-test-admin")
+        kcm_kubeconfig = self.client_kubeconfig("kube-controller-manager", "system:kube-controller-manager")
+        scheduler_kubeconfig = self.client_kubeconfig("kube-scheduler", "system:kube-scheduler")
         self.timings["certificates"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         etcd = _start_process("etcd", [
             str(bins / "etcd"), "--name=default", f"--data-dir={self.folder / 'etcd'}",
@@ -356,11 +363,6 @@ class ControlPlane:
             "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=2147483648",
         ], self.logs)
         self.processes.append(etcd)
-        _wait("etcd", lambda: _get(f"{etcd_url}/health", None)[0] == 200, timeout, [etcd])
-        self.timings["etcd"] = time.monotonic() - mark
-
-        mark = time.monotonic()
-        self.api_port = free_port()
         apiserver = _start_process("kube-apiserver", [
             str(bins / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
@@ -381,18 +383,15 @@ class ControlPlane:
             *self.extra_apiserver_args,
         ], self.logs)
         self.processes.append(apiserver)
-        admin_cert, admin_key = self.ca.issue("admin", "cogtrain-test-admin", ("system:masters",))
-        write_kubeconfig(self.kubeconfig, self.server, self.ca.cert_path, admin_cert, admin_key, "cogtrain-test-admin")
+
+        _wait("etcd", lambda: _get(f"{etcd_url}/health", None)[0] == 200, timeout, self.processes, interval=0.05)
+        self.timings["etcd"] = time.monotonic() - mark
         context = ssl.create_default_context(cafile=str(self.ca.cert_path))
         context.load_cert_chain(str(admin_cert), str(admin_key))
         _wait("kube-apiserver /readyz", lambda: _get(f"{self.server}/readyz", context)[0] == 200, timeout,
-              self.processes, interval=0.2)
+              self.processes, interval=0.1)
         self.timings["kube-apiserver"] = time.monotonic() - mark
-
-        mark = time.monotonic()
-        kcm_kubeconfig = self.client_kubeconfig("kube-controller-manager", "system:kube-controller-manager")
-        scheduler_kubeconfig = self.client_kubeconfig("kube-scheduler", "system:kube-scheduler")
-        kcm_port, scheduler_port = free_port(), free_port()
+        # These two exit at once if RBAC's bootstrap roles are not there yet: they start when /readyz is ok.
         kcm = _start_process("kube-controller-manager", [
             str(bins / "kube-controller-manager"),
             f"--kubeconfig={kcm_kubeconfig}",
@@ -407,6 +406,8 @@ class ControlPlane:
             # ttl-after-finished, node-lifecycle, taint-eviction, disruption, pod-garbage-collector, ...
             "--controllers=*",
             "--node-monitor-period=2s", f"--node-monitor-grace-period={self.node_monitor_grace}",
+            # The default 20 requests/s paces the start of ~40 controllers (each makes its own credentials).
+            "--kube-api-qps=200", "--kube-api-burst=400",
             "--profiling=false",
         ], self.logs)
         scheduler = _start_process("kube-scheduler", [
@@ -425,7 +426,7 @@ class ControlPlane:
                   timeout, self.processes)
         _wait("the default ServiceAccount",
               lambda: _get(f"{self.server}/api/v1/namespaces/default/serviceaccounts/default", context)[0] == 200,
-              timeout, self.processes, interval=0.2)
+              timeout, self.processes, interval=0.1)
         self.timings["controllers"] = time.monotonic() - mark
         self.record()
 
@@ -487,11 +488,14 @@ class Cluster:
         self.folder = Path(folder).resolve()
         self.control_plane = ControlPlane(self.folder, binaries)
         self.node_names = nodes
-        if isinstance(models, dict):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "models.json").write_text(json.dumps(models, indent=2) + "\n")
-            models = self.folder / "models.json"
-        self.models = models
+        self.models = self.folder / "models.json"
+        self._models: dict[str, str] = {}
+        base = ROOT
+        if isinstance(models, Path | str):
+            base = Path(models).resolve().parent
+            models = json.loads(Path(models).read_text())
+        for repository, target in (models or {}).items():
+            self._models[repository] = target if target == "host" else _absolute(target, base)
         self.gpus = gpus
         self.forward_ports = forward_ports
         self.nodes: dict[str, NodeProcess] = {}
@@ -503,6 +507,7 @@ class Cluster:
 
     def start(self, timeout: float = 120) -> Cluster:
         began = time.monotonic()
+        self._write_models()
         try:
             self.control_plane.start(timeout)
             mark = time.monotonic()
@@ -518,6 +523,18 @@ class Cluster:
         self.timings.update(self.control_plane.timings)
         self.timings["total"] = time.monotonic() - began
         return self
+
+    def add_model(self, repository: str, target: str | Path) -> None:
+        """Map an image repository (`host:port/path`, no tag) to a Cog model folder or "host"; the node agents
+        read DIR/models.json again when it changes, so this applies to containers started from now on."""
+        self._models[repository] = "host" if str(target) == "host" else _absolute(str(target), ROOT)
+        self._write_models()
+
+    def _write_models(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.models.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._models, indent=2) + "\n")
+        temporary.replace(self.models)
 
     def _record_nodes(self) -> None:
         self.control_plane.record({"nodes": [
@@ -557,8 +574,7 @@ class Cluster:
                 "--dir", str(folder), "--pvc-root", str(self.folder / "pvc"), "--gpus", str(self.gpus),
                 "--forward-ports", ",".join(str(p) for p in (cp.api_port, *self.forward_ports)),
                 "--forward-ports-file", str(self.folder / "forward-ports")]
-        if self.models is not None:
-            args += ["--models", str(self.models)]
+        args += ["--models", str(self.models)]
         if provisioner:
             args += ["--admin-kubeconfig", str(cp.kubeconfig)]
         process = _start_process(f"node-agent-{name}", args, cp.logs)
@@ -596,6 +612,15 @@ class Cluster:
                 pass
         self.control_plane.stop()
         cleanup_node_leftovers(self.folder)
+
+
+def _absolute(target: str, base: Path) -> str:
+    path = Path(target)
+    if not path.is_absolute():
+        path = base / path if (base / path).exists() else ROOT / path
+    if not (path / "cog.yaml").exists():
+        raise ValueError(f"{path} is not a Cog model folder (no cog.yaml)")
+    return str(path.resolve())
 
 
 def cleanup_node_leftovers(folder: Path) -> None:
@@ -665,11 +690,6 @@ def cluster_fixture(name: str = "cluster", **options: Any) -> Any:
             cluster.stop()
 
     return _cluster
-
-
-def pytest_configure(config: Any) -> None:
-    """Registers the `e2e` marker when this module is loaded as a plugin (`-p support.control_plane`)."""
-    config.addinivalue_line("markers", "e2e: runs on a real Kubernetes control plane and node agent")
 
 
 # --- scripts/cluster ------------------------------------------------------------------------------------------

@@ -400,11 +400,13 @@ class Container:
     image_id: str = ""
     started_at: float = 0.0
     next_attempt: float = 0.0
-    backoff: float = 0.0
+    backoff: float = 0.0  # the next restart's delay
+    delay: float = 0.0  # this restart's
     pull_failed_at: float = 0.0
     probes: dict[str, Prober] = field(default_factory=dict)
     stop_requested: bool = False
     log_path: Path | None = None
+    cgroup: Path | None = None
     termination_file: Path | None = None
     error_file: Path | None = None
 
@@ -460,6 +462,7 @@ class PodWorker:
         self.mounts: dict[str, Path] = {}
         self.sandbox_ready = False
         self.sandbox_error: str | None = None
+        self.sandbox_retry_at = 0.0
         self.start_time: str | None = pod.get("status", {}).get("startTime")
         spec = pod["spec"]
         self.containers: list[Container] = []
@@ -512,7 +515,8 @@ class PodWorker:
                 self._delete()
                 return
             if self.terminal_phase is None:
-                if not self.sandbox_ready:
+                if not self.sandbox_ready and time.monotonic() >= self.sandbox_retry_at:
+                    self.sandbox_retry_at = time.monotonic() + 2
                     self._setup_sandbox()
                 if self.sandbox_ready:
                     self._step()
@@ -547,6 +551,11 @@ class PodWorker:
                 if c.kind == "main":
                     c.state = {"waiting": {"reason": "ContainerCreating"}}
         mains = [c for c in self.containers if c.kind == "main"]
+        if all(c.terminated is not None for c in mains) and not any(
+                restart_policy == "Always" or (restart_policy == "OnFailure" and c.terminated["exitCode"] != 0)
+                for c in mains):
+            self._finish()
+            return
         for c in self.containers:
             if c.kind == "sidecar":
                 self._keep_running(c)
@@ -558,10 +567,6 @@ class PodWorker:
                 self._start_when_due(c)
             elif restart_policy == "Always" or (restart_policy == "OnFailure" and done["exitCode"] != 0):
                 self._start_when_due(c)
-        if all(c.terminated is not None for c in mains) and not any(
-                restart_policy == "Always" or (restart_policy == "OnFailure" and c.terminated["exitCode"] != 0)
-                for c in mains):
-            self._finish()
 
     def _keep_running(self, c: Container) -> None:
         if not c.running:
@@ -577,17 +582,18 @@ class PodWorker:
             c.state = {"waiting": {"reason": "ImagePullBackOff",
                                    "message": f'Back-off pulling image "{c.spec.get("image")}"'}}
             self.agent.event(self.pod, "Normal", "BackOff", f'Back-off pulling image "{c.spec.get("image")}"')
-        elif c.terminated is not None:
+        elif c.terminated is not None and c.delay > 0:
             meta = self.pod["metadata"]
             c.last_state = {"terminated": c.terminated}
             c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                   "message": f"back-off {int(c.backoff)}s restarting failed container={c.name} "
+                                   "message": f"back-off {int(c.delay)}s restarting failed container={c.name} "
                                               f"pod={meta['name']}_{meta['namespace']}({self.uid})"}}
             self.agent.event(self.pod, "Warning", "BackOff", "Back-off restarting failed container "
                              f"{c.name} in pod {meta['name']}_{meta['namespace']}({self.uid})")
 
     def _backoff(self, c: Container) -> None:
         """As the kubelet's: the first restart at once, then after 10 s, 20 s, ... up to 5 minutes."""
+        c.delay = c.backoff
         c.next_attempt = time.monotonic() + c.backoff
         c.backoff = min(300.0, c.backoff * 2 if c.backoff else 10.0)
 
@@ -647,7 +653,6 @@ class PodWorker:
             c.next_attempt = time.monotonic() + 2
             return
         security = spec.get("securityContext") or {}
-        pod_security = self.pod["spec"].get("securityContext") or {}
         capabilities = security.get("capabilities") or {}
         privileged = bool(security.get("privileged"))
         exec_spec = {
@@ -661,8 +666,10 @@ class PodWorker:
             "argv": argv,
             "env": env,
             "error_file": str(c.error_file),
-            "runAsUser": security.get("runAsUser", pod_security.get("runAsUser")),
         }
+        c.cgroup = self.agent.memory_cgroup(self, c, restart)
+        if c.cgroup is not None:
+            exec_spec["cgroup"] = str(c.cgroup / "cgroup.procs")
         spec_file = folder / f"exec-{restart}.json"
         spec_file.write_text(json.dumps(exec_spec, indent=1))
         c.log_path = folder / f"{restart}.log"
@@ -684,7 +691,9 @@ class PodWorker:
             probe = spec.get(f"{kind}Probe")
             if probe:
                 c.probes[kind] = Prober(kind, probe, lambda p, t, c=c: self._probe(c, p, t))
-        self.agent.event(self.pod, "Normal", "Started", f"Started container {c.name}")
+        for reason, message in (("Pulled", f'Container image "{spec.get("image")}" already present on machine'),
+                                ("Created", f"Created container: {c.name}"), ("Started", f"Started container {c.name}")):
+            self.agent.event(self.pod, "Normal", reason, message)
 
     @staticmethod
     def _image_id(image: str) -> str:
@@ -978,7 +987,15 @@ class PodWorker:
                 self._signal(c, signal.SIGTERM)
                 c.stop_requested = True
                 grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
-                threading.Timer(grace, lambda: self._signal(c, signal.SIGKILL)).start()
+                popen = c.popen
+
+                def kill() -> None:  # this process only: the container may have been restarted since
+                    if popen is not None and popen.poll() is None:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(popen.pid, signal.SIGKILL)
+                timer = threading.Timer(grace, kill)
+                timer.daemon = True
+                timer.start()
         code = c.popen.poll()
         if code is None or not c.running:
             return
@@ -987,9 +1004,14 @@ class PodWorker:
             os.killpg(c.popen.pid, signal.SIGKILL)
         exit_code = code if code >= 0 else 128 + _signal_number(code)
         start_error = c.error_file.read_text().strip() if c.error_file and c.error_file.exists() else ""
+        oom_killed = self.agent.release_cgroup(c.cgroup)
+        c.cgroup = None
+        reason = "StartError" if start_error else ("Completed" if exit_code == 0 else "Error")
+        if oom_killed and exit_code != 0:
+            reason = "OOMKilled"
         terminated: dict[str, Any] = {
             "exitCode": exit_code,
-            "reason": "StartError" if start_error else ("Completed" if exit_code == 0 else "Error"),
+            "reason": reason,
             "startedAt": c.state["running"]["startedAt"] if not start_error else "1970-01-01T00:00:00Z",
             "finishedAt": now(),
             "containerID": c.container_id,
@@ -1003,6 +1025,10 @@ class PodWorker:
         c.popen = None
         self.agent.forget_process(self, c)
         self._backoff(c)
+        if c.kind == "sidecar":
+            # The kubelet notices exits at its PLEG relist (every second): a sidecar that exits just before the
+            # regular containers is seen with them and not restarted. 0 restarts it as soon as it is seen.
+            c.next_attempt = max(c.next_attempt, time.monotonic() + self.agent.sidecar_restart_delay)
         self.wake.set()
 
     def _termination_message(self, c: Container, exit_code: int) -> str:
@@ -1036,7 +1062,8 @@ class PodWorker:
         while any(c.running for c in containers) and time.monotonic() < deadline:
             for c in containers:
                 self._poll(c)
-            self._publish()
+            if not self.agent.stopping.is_set():  # a stopping agent leaves its Pods' statuses as they were
+                self._publish()
             time.sleep(0.05)
         for c in containers:
             if c.running:
@@ -1065,7 +1092,15 @@ class PodWorker:
         self._become_terminal()
 
     def _become_terminal(self) -> None:
-        self.terminal_phase = self._phase(terminal=True)
+        """As the kubelet's status manager does for a terminated Pod (TerminatePod): a regular container that
+        has no terminated state gets one (ContainerStatusUnknown, 137), and the phase becomes terminal."""
+        for c in self.containers:
+            if c.kind == "main" and c.terminated is None:
+                c.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                                          "message": "The container could not be located when the pod was "
+                                                     "terminated"}}
+        phase = self._phase(terminal=True)
+        self.terminal_phase = phase if phase in ("Succeeded", "Failed") else "Failed"
         self._teardown()
         self._publish()
         log(f"pod {self.key}: {self.terminal_phase}")
@@ -1103,50 +1138,52 @@ class PodWorker:
     # -- status --
 
     def _phase(self, terminal: bool = False) -> str:
+        """The kubelet's getPhase (pkg/kubelet/kubelet_pods.go), from this worker's container states."""
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        failed_init = 0
-        pending_init = 0
-        for c in self.containers:
-            if c.kind == "sidecar":
-                if not c.started and not (terminal and c.terminated):
-                    pending_init += 0 if self.initialized else 1
-            elif c.kind == "init":
-                done = c.terminated
-                if done is None:
-                    pending_init += 1
-                elif done["exitCode"] != 0:
-                    failed_init += 1
-        if failed_init and policy == "Never":
-            return "Failed"
-        if not self.initialized and not terminal:
-            return "Pending"
+        pending_regular_init = pending_sidecars = failed_init = 0
         running = waiting = stopped = succeeded = 0
         for c in self.containers:
-            if c.kind != "main":
-                continue
-            if c.running:
+            last_terminated = bool(c.last_state.get("terminated"))
+            if c.kind == "init":
+                if c.running:
+                    pending_regular_init += 1
+                elif c.terminated is not None:
+                    failed_init += c.terminated["exitCode"] != 0
+                elif last_terminated:
+                    failed_init += c.last_state["terminated"]["exitCode"] != 0
+                else:
+                    pending_regular_init += 1
+            elif c.kind == "sidecar":
+                if c.running:
+                    pending_sidecars += not c.started
+                    running += 1
+                elif c.terminated is None and not last_terminated:
+                    pending_sidecars += 1
+                    waiting += 1
+            elif c.running:
                 running += 1
             elif c.terminated is not None:
                 stopped += 1
                 succeeded += c.terminated["exitCode"] == 0
-            elif c.last_state.get("terminated"):
+            elif last_terminated:
                 stopped += 1
             else:
                 waiting += 1
-        if terminal:  # a Pod the kubelet is done with is Succeeded only if every container succeeded
-            return "Succeeded" if stopped and stopped == succeeded and not waiting and not pending_init else "Failed"
-        if waiting:
+        has_initialized = any(c.kind == "main" and c.restart_count >= 0 for c in self.containers)
+        if failed_init and policy == "Never":
+            return "Failed"
+        if pending_regular_init or (pending_sidecars and not has_initialized) or waiting:
             return "Pending"
         if running:
             return "Running"
         if stopped:
+            if terminal:
+                return "Succeeded" if stopped == succeeded else "Failed"
             if policy == "Always":
                 return "Running"
             if stopped == succeeded:
                 return "Succeeded"
-            if policy == "Never":
-                return "Failed"
-            return "Running"
+            return "Failed" if policy == "Never" else "Running"
         return "Pending"
 
     def _container_status(self, c: Container) -> dict[str, Any]:
@@ -1223,6 +1260,17 @@ class PodWorker:
         return status
 
     def _publish(self) -> None:
+        try:
+            self._publish_once()
+        except ApiError as error:
+            if error.status in (403, 404):  # the Node authorizer forgets a Pod as soon as it is gone
+                self.removed = True
+            else:
+                log(f"pod {self.key}: status: {error}")
+        except (OSError, http.client.HTTPException) as error:
+            log(f"pod {self.key}: status: {error}")
+
+    def _publish_once(self) -> None:
         desired = self._desired_status()
         fingerprint = json.dumps(desired, sort_keys=True)
         if fingerprint == self.published or self.removed:
@@ -1283,7 +1331,8 @@ class NodeAgent:
                  cpu: str | None = None, memory: str | None = None, max_pods: int = 110,
                  admin_kubeconfig: Path | None = None, forward_ports: tuple[int, ...] = (),
                  forward_ports_file: Path | None = None, labels: dict[str, str] | None = None,
-                 taints: list[dict[str, str]] | None = None, lease_seconds: int = 40, renew_every: float = 5) -> None:
+                 taints: list[dict[str, str]] | None = None, lease_seconds: int = 40, renew_every: float = 5,
+                 sidecar_restart_delay: float = 1.0) -> None:
         self.kube = Kube(kubeconfig)
         self.admin = Kube(admin_kubeconfig) if admin_kubeconfig else None
         self.api_port = self.kube.port
@@ -1291,7 +1340,10 @@ class NodeAgent:
         self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pvc_root = Path(pvc_root).resolve() if pvc_root else self.folder / "pvc"
-        self.images = load_models(models)
+        self.models_file = Path(models).resolve() if models else None
+        self._models_stamp: float | None = None
+        self.images = load_models(None)
+        self._reload_models()
         self.netns_prefix = "ctn" + hashlib.sha256(str(self.folder).encode()).hexdigest()[:6]
         memory = memory or f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024}Ki"
         self.capacity = {"cpu": cpu or str(os.cpu_count() or 1), "memory": memory, "pods": str(max_pods),
@@ -1302,6 +1354,7 @@ class NodeAgent:
                        "kubernetes.io/arch": "amd64", **(labels or {})}
         self.taints = taints or []
         self.lease_seconds = lease_seconds
+        self.sidecar_restart_delay = sidecar_restart_delay
         self.renew_every = renew_every
         self._forward_static = tuple(forward_ports)
         self._forward_file = forward_ports_file
@@ -1315,10 +1368,16 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self._processes: dict[tuple[str, str], Path] = {}
         self._status_changed = threading.Event()
+        self.cgroups: Path | None = None
 
     # -- lifecycle --
 
     def start(self) -> NodeAgent:
+        if os.geteuid() != 0:
+            raise RuntimeError("the node agent needs root: it creates network and mount namespaces")
+        if shutil.which("ip") is None:
+            raise RuntimeError("the node agent needs iproute2's `ip` (Debian: apt-get install iproute2)")
+        self.cgroups = self._find_memory_cgroups()
         self._start_log_server()
         self._register()
         self._cleanup_stale_netns()
@@ -1346,6 +1405,7 @@ class NodeAgent:
             self._log_server.shutdown()
             self._log_server.server_close()
         self._cleanup_stale_netns()
+        self._cleanup_cgroups()
         self._remove_mountpoints()
 
     def set_ready(self, ready: bool) -> None:
@@ -1520,7 +1580,17 @@ class NodeAgent:
 
     # -- what containers need --
 
+    def _reload_models(self) -> None:
+        """The --models file is read again when it changes, so tests can add models to a running node."""
+        if self.models_file is None or not self.models_file.exists():
+            return
+        stamp = self.models_file.stat().st_mtime
+        if stamp != self._models_stamp:
+            self.images = load_models(self.models_file)
+            self._models_stamp = stamp
+
     def resolve_image(self, spec: dict[str, Any]) -> Image:
+        self._reload_models()
         command = spec.get("command") or []
         if command and command[0] == "cogtrain":
             return Image("cogtrain")
@@ -1626,12 +1696,64 @@ class NodeAgent:
         others = [p for p in Path("/proc").glob("[0-9]*") if p.name != str(os.getpid()) and _is_node_agent(p)]
         if others:
             return
-        for path in self.created_mountpoints:  # deepest first: they were listed from the leaf up
+        for path in sorted(set(self.created_mountpoints), key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 if path.is_dir():
                     path.rmdir()
                 elif path.stat().st_size == 0:
                     path.unlink()
+
+    def _find_memory_cgroups(self) -> Path | None:
+        """cgroup v1's memory controller, below this process's own cgroup; None where it cannot be used (v2)."""
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+            own = next(line.split(":", 2)[2] for line in lines if line.split(":", 2)[1] == "memory")
+            folder = Path("/sys/fs/cgroup/memory") / own.lstrip("/") / f"cogtrain-{self.netns_prefix}"
+            folder.mkdir(exist_ok=True)
+            return folder
+        except (OSError, StopIteration, IndexError) as error:
+            log(f"memory limits are not enforced (no cgroup v1 memory controller to use: {error})")
+            return None
+
+    def memory_cgroup(self, worker: PodWorker, c: Container, restart: int) -> Path | None:
+        """A memory cgroup limited to the container's limits.memory, so that exceeding it is an OOM kill."""
+        limit = ((c.spec.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit is None or self.cgroups is None:
+            return None
+        folder = self.cgroups / f"{worker.uid[:13]}-{c.name}-{restart}"
+        try:
+            folder.mkdir(exist_ok=True)
+            (folder / "memory.limit_in_bytes").write_text(str(int(quantity(limit))))
+            with contextlib.suppress(OSError):  # without swap accounting there is no memsw
+                (folder / "memory.memsw.limit_in_bytes").write_text(str(int(quantity(limit))))
+        except (OSError, ValueError) as error:
+            log(f"pod {worker.key}: no memory limit for {c.name}: {error}")
+            return None
+        return folder
+
+    def release_cgroup(self, folder: Path | None) -> bool:
+        """Remove a container's cgroup (its processes have been killed); True if the kernel OOM-killed in it."""
+        if folder is None:
+            return False
+        oom_killed = False
+        with contextlib.suppress(OSError, ValueError):
+            fields = dict(line.split() for line in (folder / "memory.oom_control").read_text().splitlines())
+            oom_killed = int(fields.get("oom_kill", "0")) > 0
+        deadline = time.monotonic() + 5
+        while folder.exists() and time.monotonic() < deadline:
+            try:
+                folder.rmdir()
+            except OSError:
+                time.sleep(0.05)  # its last processes are still exiting
+        return oom_killed
+
+    def _cleanup_cgroups(self) -> None:
+        if self.cgroups is None:
+            return
+        for folder in [*self.cgroups.glob("*"), self.cgroups]:
+            if folder.is_dir():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def _cleanup_stale_netns(self) -> None:
         netns = Path("/run/netns")
@@ -1865,20 +1987,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-kubeconfig", type=Path, help="run the PersistentVolume provisioner with it")
     parser.add_argument("--forward-ports", default="", help="loopback ports Pods reach (comma-separated)")
     parser.add_argument("--forward-ports-file", type=Path, help="more ports, one a line, read as each Pod starts")
+    parser.add_argument("--sidecar-restart-delay", type=float, default=1.0,
+                        help="seconds before an exited sidecar is restarted (the kubelet's PLEG relist period)")
     args = parser.parse_args(argv)
     agent = NodeAgent(
         kubeconfig=args.kubeconfig, node_name=args.node_name, folder=args.dir, pvc_root=args.pvc_root,
         models=args.models, gpus=args.gpus, gpu_resource=args.gpu_resource, cpu=args.cpu, memory=args.memory,
         max_pods=args.max_pods, admin_kubeconfig=args.admin_kubeconfig,
         forward_ports=tuple(int(p) for p in args.forward_ports.split(",") if p.strip()),
-        forward_ports_file=args.forward_ports_file,
+        forward_ports_file=args.forward_ports_file, sidecar_restart_delay=args.sidecar_restart_delay,
         labels=dict(label.split("=", 1) for label in args.label))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGUSR1, lambda *_: agent.set_ready(False))
     signal.signal(signal.SIGUSR2, lambda *_: agent.set_ready(True))
-    agent.start()
+    try:
+        agent.start()
+    except RuntimeError as error:
+        log(str(error))
+        return 1
     log(f"node {args.node_name} registered; logs endpoint https://127.0.0.1:{agent.log_port}")
     while not done.wait(1):
         pass

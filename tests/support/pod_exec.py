@@ -1,7 +1,7 @@
 """Start one container process for the node agent (support/node_agent.py): `python -I -S pod_exec.py SPEC.json`.
 
-Standard library only and no imports beyond it, so it starts in milliseconds. In order, it joins the Pod's
-network namespace (setns), enters a private mount namespace of its own (unshare) and bind-mounts the
+Standard library only and no imports beyond it, so it starts in milliseconds. In order, it joins the
+container's memory cgroup (when it has a memory limit), the Pod's network namespace (setns), enters a private mount namespace of its own (unshare) and bind-mounts the
 container's volumes and termination-message file at their paths, makes `/` read-only when the container
 asks for readOnlyRootFilesystem, drops capabilities and sets no_new_privs as the securityContext asks,
 changes to the working folder and finally replaces itself with the container's command (execve), which
@@ -53,6 +53,9 @@ def main(spec_path):
     with open(spec_path) as f:
         spec = json.load(f)
     try:
+        if spec.get("cgroup"):  # join the container's memory cgroup first: what it starts is limited too
+            with open(spec["cgroup"], "w") as f:
+                f.write(str(os.getpid()))
         if spec.get("netns"):
             fd = os.open(spec["netns"], os.O_RDONLY)
             _check(libc.setns(fd, CLONE_NEWNET), "setns " + spec["netns"])

@@ -4,12 +4,16 @@ and the credentials to read their private images."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import threading
 from dataclasses import dataclass
 
 import yaml
 
 from cogtrain.credentials import Keyring, keyring_from_secrets
+from cogtrain.reference import ImageReference
+from cogtrain.registry import ImageConfig
 from support.paths import load_schema_document, model_dirs, schema_file
 from support.registry_server import Registry
 
@@ -54,3 +58,39 @@ def keyring(host: str, user: str, password: str, secret: str = "regcred") -> Key
                                          "data": {".dockerconfigjson": data}}])
     assert notes == []
     return ring
+
+
+def cog_document(model: str = "hello-train", **extra: object) -> dict[str, object]:
+    """A fixture model's schema document, with extra top-level fields (padding, for the limits' tests)."""
+    document = load_schema_document(model)
+    document.update(extra)
+    return document
+
+
+class FakeRegistryClient:
+    """A registry client without a registry, for unit tests of the resolver: each image's config labels
+    from `labels`; with `release`, every fetch first waits for it (at most `block_for` seconds), as a
+    fetch stuck on a registry would."""
+
+    def __init__(self, labels: dict[str, dict[str, str]], lookup_timeout: float = 30.0,
+                 release: threading.Event | None = None, block_for: float = 5.0) -> None:
+        self.labels = labels
+        self.lookup_timeout = lookup_timeout
+        self.release = release
+        self.block_for = block_for
+        self.fetches: list[str] = []
+        self.deadlines: list[object] = []
+
+    def fetch_config(self, reference: ImageReference, credentials: object, deadline: object = None) -> ImageConfig:
+        self.fetches.append(str(reference))
+        self.deadlines.append(deadline)
+        if self.release is not None:
+            self.release.wait(self.block_for)
+        labels = self.labels[reference.name]
+        return ImageConfig(reference=reference, digest=self._digest(reference), config={"config": {"Labels": labels}})
+
+    def head_digest(self, reference: ImageReference, credentials: object, deadline: object = None) -> str:
+        return self._digest(reference)
+
+    def _digest(self, reference: ImageReference) -> str:
+        return "sha256:" + hashlib.sha256(json.dumps(self.labels[reference.name], sort_keys=True).encode()).hexdigest()

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import threading
@@ -281,21 +282,69 @@ def start_registry(workdir: Path, auth: str | None = None, users: dict[str, str]
     raise RuntimeError("docker-registry did not start within 30 s")
 
 
+@dataclass
+class Canned:
+    """One fixed answer of a FaultyRegistry: status, headers and body, optionally after a delay."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    delay: float = 0.0
+    content_length: bool = True  # False: the body ends when the connection closes (HTTP/1.0)
+
+
+def canned_image(repository: str, tag: str, labels: dict[str, str] | None, config: dict[str, Any] | None = None,
+                 manifest_extra: dict[str, Any] | None = None) -> tuple[dict[str, Canned], str]:
+    """The answers of a registry holding one image (manifest by tag and digest, config blob); and its digest.
+
+    `config` replaces the whole config document; `manifest_extra` adds fields to the manifest."""
+    config_bytes = json.dumps(config if config is not None else {
+        "architecture": "amd64", "os": "linux", "config": {"Labels": labels} if labels is not None else {},
+        "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    manifest = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                "config": {"mediaType": DOCKER_CONFIG, "size": len(config_bytes), "digest": sha256(config_bytes)},
+                "layers": [], **(manifest_extra or {})}
+    body = json.dumps(manifest).encode()
+    digest = sha256(body)
+    answer = Canned(headers={"Content-Type": DOCKER_MANIFEST, "Docker-Content-Digest": digest}, body=body)
+    return {f"/v2/{repository}/manifests/{tag}": answer, f"/v2/{repository}/manifests/{digest}": answer,
+            f"/v2/{repository}/blobs/{sha256(config_bytes)}": Canned(body=config_bytes)}, digest
+
+
+def canned_index(repository: str, tag: str, index: dict[str, Any]) -> dict[str, Canned]:
+    """The answer of a registry whose `tag` is the index (any JSON, however malformed) given."""
+    return {f"/v2/{repository}/manifests/{tag}": Canned(headers={"Content-Type": OCI_INDEX},
+                                                         body=json.dumps(index).encode())}
+
+
 class FaultyRegistry:
     """A loopback HTTP server that answers `status` (or never answers, status 0).
 
     With `upstream`, only the first `failures` requests fail; later ones are passed to the
-    upstream registry, so a test can watch a client recover.
+    upstream registry, so a test can watch a client recover. `answers` gives fixed answers by
+    path (the query left out); `headers` go with the `status` answer. With `trickle`, every
+    other request gets a 200 whose body (and with `trickle_headers` its status line and headers
+    too) comes one byte per `trickle` seconds, for up to `hang_seconds`: a slowloris registry.
+    `bind` picks the loopback address (127.0.0.2 is another host than 127.0.0.1); `connections`
+    counts the TCP connections accepted, `seen` the requests' paths and headers.
     """
 
     def __init__(self, status: int, hang_seconds: float = 5.0, upstream: str | None = None,
-                 failures: int | None = None) -> None:
+                 failures: int | None = None, *, answers: dict[str, Canned] | None = None,
+                 headers: dict[str, str] | None = None, trickle: float = 0.0, trickle_headers: bool = False,
+                 bind: str = "127.0.0.1") -> None:
         self.status = status
         self.hang = threading.Event()
         self.hang_seconds = hang_seconds
         self.upstream = upstream
         self.failures = failures
+        self.answers = answers or {}
+        self.headers = headers or {}
+        self.trickle = trickle
+        self.trickle_headers = trickle_headers
         self.requests = 0
+        self.connections = 0
+        self.seen: list[tuple[str, dict[str, str]]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -304,17 +353,50 @@ class FaultyRegistry:
 
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests += 1
+                outer.seen.append((self.path, dict(self.headers.items())))
+                path = urlsplit(self.path).path
+                if path in outer.answers:
+                    self._answer(outer.answers[path])
+                    return
                 if outer.upstream and outer.failures is not None and outer.requests > outer.failures:
                     self._forward()
+                    return
+                if outer.trickle:
+                    self._trickle()
                     return
                 if outer.status == 0:
                     outer.hang.wait(outer.hang_seconds)
                     return
                 body = b'{"errors":[{"code":"UNAVAILABLE","message":"down for maintenance"}]}'
-                self.send_response(outer.status)
-                self.send_header("Content-Length", str(len(body)))
+                self._answer(Canned(outer.status, outer.headers, body))
+
+            def _answer(self, answer: Canned) -> None:
+                if answer.delay:
+                    outer.hang.wait(answer.delay)
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                if answer.content_length:
+                    self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(answer.body)
+
+            def _trickle(self) -> None:
+                """A 200 of 1 MiB that comes one byte at a time (headers too, with trickle_headers)."""
+                head = (b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                        b"X-Slow: " + b"s" * 64 + b"\r\nContent-Length: 1048576\r\n\r\n")
+                given_up = time.monotonic() + outer.hang_seconds
+                try:
+                    if not outer.trickle_headers:
+                        self.wfile.write(head)
+                        head = b""
+                    for byte in head + b"{" + b" " * (1 << 20):
+                        if time.monotonic() > given_up or outer.hang.wait(outer.trickle):
+                            return
+                        self.wfile.write(bytes([byte]))
+                except OSError:
+                    return  # the client hung up: what a deadline does
 
             def _forward(self) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
@@ -331,16 +413,35 @@ class FaultyRegistry:
 
             do_HEAD = do_GET  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self) -> Any:
+                accepted = super().get_request()
+                outer.connections += 1
+                return accepted
+
+        self.server = Server((bind, free_port_on(bind)), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        return f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
 
     def stop(self) -> None:
         self.hang.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def free_port_on(address: str) -> int:
+    """A port free right now on one loopback address."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -7,8 +7,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from ..contract import DESTINATION_MOUNT, DRIVER_PORT, LOOPBACK, MODEL_PORT, SCRATCH_MOUNT, TERMINATION_LOG
+from ..contract import DESTINATION_MOUNT, DRIVER_PORT, LOOPBACK, MODEL_PORT, SCRATCH_MOUNT, TERMINATION_LOG, Reason
 from ..destinations import Destination, DriverError, destination_for
 from ..driver import Driver, inputs_from_env, termination_message
 from . import EXIT_OK
@@ -36,9 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The driver container of a training Pod (docs/driver.md): its exit code and termination message."""
+    """The driver container of a training Pod (docs/driver.md): its exit code and termination message.
+
+    Every path ends with a report and a final exit code: a failure of the driver itself (a bad
+    flag, a port taken, an output it cannot encode) is `DriverFailed`, never a bare traceback with
+    exit 1, which the Job would retry and so run a training a second time.
+    """
     destination: Destination | None = None
     driver: Driver | None = None
+    output: Any = None
+    error: DriverError | None = None
     try:
         destination = destination_for(args.destination, args.destination_root, args.namespace, args.name)
         driver = running = Driver(
@@ -52,16 +60,22 @@ def run(args: argparse.Namespace) -> int:
             cancel_grace=args.cancel_grace,
         )
         signal.signal(signal.SIGTERM, lambda *_: running.cancel_requested.set())
-        output, error = running.run(), None
+        output = running.run()
     except DriverError as failure:
-        output, error = None, failure
-    message = termination_message(output, error, destination, driver.metrics if driver else None)
+        error = failure
+    except Exception as failure:  # noqa: BLE001  (the driver's own fault: reported, never retried)
+        error = DriverError(Reason.DRIVER_FAILED, f"the driver failed: {type(failure).__name__}: {failure}")
     try:
-        Path(args.termination_log).write_text(message, encoding="utf-8")
+        message = termination_message(output, error, destination, driver.metrics if driver else None)
+    except Exception as failure:  # noqa: BLE001
+        error = DriverError(Reason.DRIVER_FAILED, f"the driver could not report the result: {type(failure).__name__}")
+        message = termination_message(None, error, None)
+    try:
+        Path(args.termination_log).write_text(message, encoding="utf-8", errors="replace")
     except OSError as failure:
         print(f"cogtrain drive: cannot write {args.termination_log}: {failure.strerror}", file=sys.stderr)
     if error is not None:
-        print(f"cogtrain drive: {error.reason}: {error.message}", file=sys.stderr)
+        print(f"cogtrain drive: {error.reason}: {error.message}".encode(errors="replace").decode(), file=sys.stderr)
         return error.exit_code
     print(f"cogtrain drive: the training succeeded: {message}", file=sys.stderr)
     return EXIT_OK
