@@ -15,6 +15,7 @@ pytest.register_assert_rewrite("support")
 
 from cogtrain.schema import TrainingSchema, parse_schema  # noqa: E402
 from support.cogserver import CogServer, prepare_model, start_cog_server  # noqa: E402
+from support.control_plane import cluster_fixture  # noqa: E402
 from support.k8s_server import KubeAPI, start_kube_api  # noqa: E402
 from support.paths import load_schema_document, model_dirs  # noqa: E402
 from support.registries import USERS, Registries, cog_labels, predict_only_labels  # noqa: E402
@@ -106,3 +107,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     api = start_kube_api(tmp_path_factory.mktemp("kube"), [training_crd()])
     yield api
     api.stop()
+
+
+# The real control plane and one node agent (tests marked e2e), started once per session on first use.
+cluster = cluster_fixture()

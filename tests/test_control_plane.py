@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from support.control_plane import Cluster, cluster_fixture
+from support.control_plane import Cluster
 from support.node_agent import HOST_IMAGE
 from support.paths import EXAMPLES
 
@@ -24,7 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 MODEL_IMAGE = "127.0.0.1:5999/acme/hello-train"  # no registry: the node agent maps it to the model's folder
 # One cluster for the session (move this line to conftest.py to share it with other modules).
-cluster = cluster_fixture()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.2) -> Any:

@@ -17,6 +17,7 @@ from cogtrain.contract import (
     S3_ENV,
     S3_REQUIRED,
     SECRET_ENV_PREFIX,
+    SECRET_LIST_ENV_PREFIX,
     ExitCode,
 )
 from cogtrain.jobs import build_job, job_name
@@ -210,3 +211,12 @@ def test_no_service_links_reach_the_driver() -> None:
     """A Service named like an input would otherwise inject COGTRAIN_INPUT_<NAME>_SERVICE_HOST."""
     pod = build_job(training(), IMAGE, INPUTS, Settings())["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
+
+
+def test_a_list_of_secrets_is_passed_by_reference_under_its_own_prefix() -> None:
+    job = build_job(training(secretInputs={"tokens": {"name": "keys", "key": "list"},
+                                           "hf_token": {"name": "hf", "key": "t"}}),
+                    IMAGE, INPUTS, Settings(), secret_lists=["tokens"])
+    env = {e["name"]: e for e in containers(job)[1]["env"]}
+    assert env[f"{SECRET_LIST_ENV_PREFIX}tokens"]["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "list"}}
+    assert f"{SECRET_ENV_PREFIX}tokens" not in env and f"{SECRET_ENV_PREFIX}hf_token" in env

@@ -18,10 +18,11 @@ import pydantic
 
 from . import api
 from .checks import check
+from .contract import MESSAGE_LIMIT
 from .registry import RegistryError
 from .resolver import ResolvedModel
 from .settings import Settings
-from .validation import model_problems
+from .validation import model_problems, summarize
 
 FailurePolicy = Literal["Ignore", "Fail"]
 
@@ -56,7 +57,8 @@ def review_create(
     try:
         training = api.Training.model_validate(dict(body))
     except pydantic.ValidationError as error:
-        return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(map(str, model_problems(error))))
+        message = f"{_name(body)} is invalid: " + summarize(model_problems(error), MESSAGE_LIMIT)
+        return Decision(False, "denied", message)
     spec = training.spec
     problems = [str(problem) for problem in check(training, None, settings).problems]
     try:
@@ -67,7 +69,7 @@ def review_create(
         if not retryable:
             problems.insert(0, f"spec.model: {reason}")
         if problems:
-            return Decision(False, "denied", f"{_name(body)} is invalid: " + "; ".join(problems))
+            return Decision(False, "denied", f"{_name(body)} is invalid: " + summarize(problems, MESSAGE_LIMIT))
         if failure_policy == "Fail":
             return Decision(False, "denied", f"cannot check the inputs of {_name(body)} now: {reason}; try again")
         return Decision(True, "unchecked", warnings=[
@@ -76,14 +78,14 @@ def review_create(
     checked = check(training, model, settings)
     warnings = [str(warning) for warning in checked.warnings]
     if not checked.ok:
-        message = f"{_name(body)} is invalid for {model.pinned}: " + "; ".join(map(str, checked.problems))
+        message = f"{_name(body)} is invalid for {model.pinned}: " + summarize(checked.problems, MESSAGE_LIMIT)
         return Decision(False, "denied", message, warnings)
     return Decision(True, "allowed", warnings=warnings)
 
 
 def deny_access(body: Mapping[str, Any], refused: list[str]) -> Decision:
     """A create denied because its creator lacks permissions the Training would use (see `access`)."""
-    return Decision(False, "denied", f"{_name(body)} is not allowed: " + "; ".join(refused))
+    return Decision(False, "denied", f"{_name(body)} is not allowed: " + summarize(refused, MESSAGE_LIMIT))
 
 
 def review_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Decision:
@@ -101,5 +103,5 @@ def review_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Decision:
     if old_spec.get("cancel") is True and new_spec.get("cancel") is not True:
         problems.append("spec.cancel: a canceled Training cannot be resumed; create a new Training")
     if problems:
-        return Decision(False, "denied", f"{_name(new)}: " + "; ".join(problems))
+        return Decision(False, "denied", f"{_name(new)}: " + summarize(problems, MESSAGE_LIMIT))
     return Decision(True, "allowed")

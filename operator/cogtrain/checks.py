@@ -25,6 +25,7 @@ class Checked:
     warnings: list[Problem] = field(default_factory=list)
     input: dict[str, Any] = field(default_factory=dict)
     reason: Reason = Reason.INPUTS_VALID
+    secret_list_names: list[str] = field(default_factory=list)  # Secret inputs that take a list of strings
 
     @property
     def ok(self) -> bool:
@@ -37,12 +38,14 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
     problems: list[Problem] = []
     warnings: list[Problem] = []
     values: dict[str, Any] = {}
+    secret_lists: list[str] = []
     reason = Reason.INPUTS_VALID
     if model is not None:
         result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
         problems += result.problems
         warnings += result.warnings
         values = result.input
+        secret_lists = list(result.secret_list_names)
         if result.problems:
             reason = Reason.INVALID_INPUT
     if not (spec.destination or settings.default_destination):
@@ -51,4 +54,4 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
             "not set and the operator has no default destination (set it to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)",
         ))
         reason = reason if problems[:-1] else Reason.NO_DESTINATION
-    return Checked(problems, warnings, values, reason)
+    return Checked(problems, warnings, values, reason, secret_lists)

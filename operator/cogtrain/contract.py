@@ -25,6 +25,8 @@ LOOPBACK = "127.0.0.1"
 
 INPUT_ENV_PREFIX = "COGTRAIN_INPUT_"
 SECRET_ENV_PREFIX = "COGTRAIN_SECRET_INPUT_"
+# A list[Secret] input: its Secret key holds a JSON array of strings (docs/validation.md).
+SECRET_LIST_ENV_PREFIX = "COGTRAIN_SECRET_LIST_INPUT_"
 # The s3:// destination's settings, under the AWS SDKs' own names: the Job takes them from the
 # Secret named by spec.destinationSecretRef, and the driver reads them.
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
@@ -37,6 +39,11 @@ TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 8192
 # The kubelet keeps at most this many bytes of a termination message (and only the tail of more).
 TERMINATION_LIMIT = 4096
+
+
+def env_value(value: Any) -> str:
+    """An input's value as the Job passes it (COGTRAIN_INPUT_<name>) and the driver reads it: compact JSON."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class ExitCode(IntEnum):

@@ -27,14 +27,14 @@ from kubernetes.client.exceptions import ApiException
 
 from . import access, admission, api, metrics, preflight, webhook
 from .checks import check
-from .contract import Reason
+from .contract import MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
 from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
 from .settings import Settings
 from .status import TERMINAL, Observation, Validation, advance, observe, status_patch
-from .validation import model_problems
+from .validation import model_problems, summarize
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -242,7 +242,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     try:
         training = api.Training.model_validate(dict(body))
     except pydantic.ValidationError as error:
-        _fail(runtime, body, patch, Reason.INVALID_SPEC, "; ".join(map(str, model_problems(error))))
+        _fail(runtime, body, patch, Reason.INVALID_SPEC, summarize(model_problems(error), MESSAGE_LIMIT))
         return
     namespace = training.metadata.namespace or "default"
     if training.spec.cancel:
@@ -277,14 +277,14 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
     for warning in checked.warnings:
         kopf.warn(body, reason=Reason.DEPRECATED_INPUT, message=str(warning))
     if not checked.ok:
-        _fail(runtime, body, patch, checked.reason, "; ".join(map(str, checked.problems)))
+        _fail(runtime, body, patch, checked.reason, summarize(checked.problems, MESSAGE_LIMIT))
         return
 
     absent = preflight.missing(runtime.core, runtime.scheduling, namespace, spec, runtime.request_timeout)
     if absent is not None:
         _wait(runtime, body, patch, retry, *absent)
 
-    manifest = build_job(training, model.pinned, checked.input, runtime.settings)
+    manifest = build_job(training, model.pinned, checked.input, runtime.settings, checked.secret_list_names)
     try:
         runtime.batch.create_namespaced_job(
             namespace, cast(client.V1Job, manifest), _request_timeout=runtime.request_timeout

@@ -11,8 +11,8 @@ The Pod ends when the driver ends, and the driver's exit code decides its phase.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from .api import API_VERSION, KIND, SecretKeySelector, Training
@@ -28,8 +28,10 @@ from .contract import (
     S3_REQUIRED,
     SCRATCH_MOUNT,
     SECRET_ENV_PREFIX,
+    SECRET_LIST_ENV_PREFIX,
     TERMINATION_LOG,
     ExitCode,
+    env_value,
 )
 from .settings import Settings
 
@@ -66,13 +68,19 @@ def labels_for(training: Training) -> dict[str, str]:
     return labels
 
 
-def _input_env(inputs: dict[str, Any], secret_inputs: dict[str, SecretKeySelector]) -> list[dict[str, Any]]:
+def _input_env(
+    inputs: dict[str, Any], secret_inputs: dict[str, SecretKeySelector], secret_lists: Collection[str]
+) -> list[dict[str, Any]]:
+    """Inputs as compact JSON values; Secret inputs only by reference (a list[Secret] input's key holds
+    a JSON array of strings, under its own prefix so the driver knows to parse it)."""
     env: list[dict[str, Any]] = [
-        {"name": f"{INPUT_ENV_PREFIX}{name}", "value": json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
-        for name, value in inputs.items()
+        {"name": f"{INPUT_ENV_PREFIX}{name}", "value": env_value(value)} for name, value in inputs.items()
     ]
     env += [
-        {"name": f"{SECRET_ENV_PREFIX}{name}", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        {
+            "name": f"{SECRET_LIST_ENV_PREFIX if name in secret_lists else SECRET_ENV_PREFIX}{name}",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        }
         for name, ref in secret_inputs.items()
     ]
     return env
@@ -127,8 +135,12 @@ def build_job(
     image: str,
     inputs: dict[str, Any],
     settings: Settings,
+    secret_lists: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The Job manifest for a validated Training; `image` is the model pinned to its digest."""
+    """The Job manifest for a validated Training; `image` is the model pinned to its digest.
+
+    `secret_lists`: the Secret inputs that take a list of strings (checks.Checked.secret_list_names).
+    """
     spec = training.spec
     meta = training.metadata
     name = job_name(training)
@@ -193,7 +205,7 @@ def build_job(
         ],
         # The root filesystem is read-only: temporary files (e.g. an oversized output.json) go to scratch.
         "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}]
-        + _input_env(inputs, secret_inputs)
+        + _input_env(inputs, secret_inputs, secret_lists)
         + _destination_env(destination, destination_secret),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "terminationMessagePath": TERMINATION_LOG,

@@ -17,7 +17,6 @@ most MESSAGE_BYTES.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 
 import pydantic
 
-from .contract import INPUT_ENV_PREFIX
+from .contract import INPUT_ENV_PREFIX, env_value
 from .schema import TrainingSchema, ValueType, compile_pattern, json_key
 
 MAX_DEPTH = 100
@@ -546,11 +545,6 @@ def _suggest(name: str, candidates: list[str]) -> str | None:
 def _secret_source(name: str, is_list: bool) -> str:
     source = f"{{{_name(name)}: {{name: SECRET, key: KEY}}}}"
     return source + (", the key holding a JSON array of strings" if is_list else "")
-
-
-def env_value(value: Any) -> str:
-    """An input's value as the Job passes it (COGTRAIN_INPUT_<name>) and the driver reads it: compact JSON."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _env_bytes(name: str, value: Any) -> int:
