@@ -119,7 +119,8 @@ def test_required_spec_fields_and_free_form_input() -> None:
 def test_printer_columns_point_at_real_fields() -> None:
     version = training_crd()["spec"]["versions"][0]
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns)[:4] == ["Phase", "Model", "Weights", "Age"]
+    types = {c["name"]: c["type"] for c in version["additionalPrinterColumns"]}
+    assert list(columns)[:5] == ["Phase", "Restarts", "Model", "Weights", "Age"]
     schema = crd_schema()
     for name, json_path in columns.items():
         node = schema
@@ -128,7 +129,7 @@ def test_printer_columns_point_at_real_fields() -> None:
             continue
         for part in parts:
             node = node["properties"][part]
-        assert node["type"] == "string", name
+        assert node["type"] == types[name], name
 
 
 # --- CEL: the API server's immutability rules, evaluated with cel-python -------------------

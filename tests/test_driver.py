@@ -31,7 +31,7 @@ from cogtrain.driver import (
 from cogtrain.jsonstream import Budget, JSONStreamError, Reader
 from cogtrain.local import parse_inputs, run_training
 from cogtrain.schema import parse_schema
-from support.cogserver import free_port, prepare_model, start_cog_server
+from support.cogserver import CogServer, free_port, prepare_model, start_cog_server
 from support.driving import PeakMemory, drive_to_end, expect_failure, run_within, start_drive
 from support.paths import DRIVER_MODELS, EXAMPLES, SEED_MODELS, load_schema_document
 
@@ -488,14 +488,15 @@ def test_an_output_that_cannot_be_stored_as_output_json_is_reported_as_that_fail
     assert report.message is not None and "could not be stored" in report.message
 
 
-def _after_log(log: io.StringIO, text: str, then: Callable[[], object]) -> list[float]:
-    """Run `then` (in a thread) once `text` is in the training's log; the list gets the time it ran."""
+def _once_training(server: CogServer, then: Callable[[], object]) -> list[float]:
+    """Run `then` (in a thread) once the server runs a training (BUSY); the list gets the time it ran."""
     when: list[float] = []
 
     def wait() -> None:
         deadline = time.monotonic() + 60
-        while text not in log.getvalue() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and server.request("GET", "/health-check")[1].get("status") != "BUSY":
             time.sleep(0.05)
+        time.sleep(0.5)
         then()
         when.append(time.monotonic())
 
@@ -511,7 +512,7 @@ def test_a_model_server_that_dies_mid_training_ends_it_as_unreachable(tmp_path: 
     driver = Driver(model_url=server.url, training_id="t-dies", inputs={"seconds": 600}, log=log,
                     notices=io.StringIO(), destination=LocalDestination(tmp_path / "dest", "pvc://c/p"),
                     scratch=tmp_path / "s", health_interval=0.2, health_grace=2, lost_grace=30)
-    killed = _after_log(log, "sleeping", server.kill)
+    killed = _once_training(server, server.kill)
     try:
         _, error, _ = run_within(driver, 60)
     finally:
@@ -538,7 +539,7 @@ def test_a_model_server_restarted_mid_training_ends_it_as_lost(tmp_path: Path) -
         server.kill()
         restarted.append(start_cog_server(model, ["--await-explicit-shutdown", "true"], port=server.port))
 
-    ready = _after_log(log, "sleeping", restart)
+    ready = _once_training(server, restart)
     try:
         _, error, _ = run_within(driver, 60)
         assert restarted and restarted[0].process.wait(timeout=20) is not None, "the new server was shut down"

@@ -9,7 +9,7 @@ import pytest
 
 from cogtrain.api import Phase
 from cogtrain.contract import Reason, weights_of
-from cogtrain.status import Observation, Validation, advance, conditions, driver_report, observe
+from cogtrain.status import Observation, Validation, advance, conditions, disruptions_of, driver_report, observe
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +80,49 @@ def test_weights_of_every_output_shape() -> None:
     assert weights_of(["s3://b/only"]) == "s3://b/only"
     assert weights_of(None) is None
     assert weights_of({"$ref": "s3://b/output.json"}) is None, "an output too big for the message is not the weights"
+
+
+def _pod(name: str, uid: str, phase: str, disruption: str | None = None, driver_running: bool = False) -> dict:
+    conditions = [{"type": "DisruptionTarget", "status": "True", "reason": disruption,
+                   "message": "Eviction API: evicting", "lastTransitionTime": "2026-11-27T10:10:00Z"}] if disruption else []
+    statuses = [{"name": "driver", "state": {"running": {"startedAt": "2026-11-27T10:00:05Z"}}}] if driver_running else []
+    return {"metadata": {"name": name, "uid": uid, "creationTimestamp": f"2026-11-27T10:0{len(uid)}:00Z"},
+            "spec": {"nodeName": "gpu-1"}, "status": {"phase": phase, "conditions": conditions,
+                                                      "containerStatuses": statuses}}
+
+
+JOB = {"metadata": {"name": "j"}, "spec": {}, "status": {"active": 1}}
+
+
+def test_a_disrupted_pod_is_a_restart_not_a_failure() -> None:
+    running = {"phase": "Running", "jobName": "j", "startTime": "2026-11-27T10:00:05Z", "conditions": []}
+    evicted = _pod("p1", "u1", "Failed", "EvictionByEvictionAPI")
+    new = _pod("p2", "u22", "Pending")
+    observation = observe(JOB, [evicted, new])
+    assert (observation.phase, observation.reason) == (Phase.PENDING, Reason.RESTARTING)
+    assert "evicted from node gpu-1 (EvictionByEvictionAPI)" in observation.message
+    patch = advance(running, observation, 1, NOW, disruptions_of([evicted, new]), max_restarts=3)
+    assert patch is not None and patch["phase"] == "Pending" and patch["restarts"] == 1
+    assert [d["pod"] for d in patch["disruptions"]] == ["p1"]
+    again = advance({**running, **patch}, observation, 1, NOW, disruptions_of([evicted, new]), max_restarts=3)
+    assert again is None or again.get("restarts") == 1, "each disrupted Pod counts once"
+
+
+def test_more_disruptions_than_max_restarts_fail_the_training() -> None:
+    current = {"phase": "Running", "jobName": "j", "restarts": 1,
+               "disruptions": [{"pod": "p1", "uid": "u1", "node": "gpu-1", "reason": "PreemptionByScheduler"}]}
+    second = _pod("p2", "u22", "Failed", "PreemptionByScheduler")
+    patch = advance(current, observe(JOB, [second]), 1, NOW, disruptions_of([second]), max_restarts=1)
+    assert patch is not None and patch["phase"] == "Failed" and patch["restarts"] == 2
+    assert {c["type"]: c["reason"] for c in patch["conditions"]}["Failed"] == "TooManyRestarts"
+    assert "more than spec.maxRestarts (1)" in patch["error"] and "preempted from node gpu-1" in patch["error"]
+
+
+def test_a_queue_suspending_a_running_job_is_a_restart_but_the_user_suspending_it_is_not() -> None:
+    running = {"phase": "Running", "jobName": "j"}
+    suspended = {"metadata": {"name": "j"}, "spec": {"suspend": True}, "status": {}}
+    by_queue = advance(running, observe(suspended, []), 1, NOW, (), max_restarts=3)
+    assert by_queue is not None and by_queue["restarts"] == 1
+    assert by_queue["disruptions"][0]["reason"] == "SuspendedByQueue"
+    by_user = advance(running, observe(suspended, []), 1, NOW, (), max_restarts=3, user_suspended=True)
+    assert by_user is not None and "restarts" not in by_user

@@ -194,6 +194,16 @@ class TrainingSpec(_Model):
         ge=1,
         description="Longest the training Job may run, in seconds, before it is stopped and marked Failed.",
     )
+    max_restarts: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description=(
+            "How many times a training the cluster disrupts (node drained, Pod evicted or preempted, node lost, "
+            "Job suspended by its queue) is started again before it fails. A training that fails by itself is "
+            "never started again (see backoffLimit)."
+        ),
+    )
     backoff_limit: int = Field(
         default=0,
         ge=0,
@@ -259,6 +269,17 @@ class Condition(_Model):
     )
 
 
+class Disruption(_Model):
+    """A training Pod the cluster took away (its DisruptionTarget condition), or a suspension by its queue."""
+
+    pod: str = Field(max_length=253, description="The Pod (or the Job, for a suspension).")
+    uid: str = Field(max_length=300, description="The Pod's uid: each disruption is counted once.")
+    node: str = Field(default="", max_length=253, description="The node it ran on.")
+    reason: str = Field(max_length=128, description="The condition's reason, e.g. EvictionByEvictionAPI.")
+    message: str = Field(default="", max_length=500, description="The condition's message.")
+    time: datetime | None = Field(default=None, description="When it happened.")
+
+
 class TrainingStatus(_Model):
     """Observed state of a Training, written by the operator."""
 
@@ -297,6 +318,12 @@ class TrainingStatus(_Model):
         description="Metrics the model server reported for the training (e.g. predict_time in seconds).",
     )
     error: str | None = Field(default=None, max_length=32768, description="Why the training failed, in one sentence.")
+    restarts: int | None = Field(
+        default=None, ge=0, description="How many times the training was started again after a disruption."
+    )
+    disruptions: list[Disruption] | None = Field(
+        default=None, max_length=10, description="The latest disruptions (at most 10), oldest first."
+    )
     kopf: FreeForm = Field(default=None, description="Bookkeeping of the operator framework (kopf).")
 
 

@@ -161,6 +161,7 @@ def training_crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
                         {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
                         {"name": "Weights", "type": "string", "jsonPath": ".status.weights"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

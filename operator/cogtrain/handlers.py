@@ -33,7 +33,16 @@ from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
 from .settings import Settings
-from .status import TERMINAL, Observation, Validation, advance, observe, status_patch
+from .status import (
+    TERMINAL,
+    Observation,
+    Validation,
+    advance,
+    describe_disruption,
+    disruptions_of,
+    observe,
+    status_patch,
+)
 from .validation import model_problems, summarize
 
 LOGGER = logging.getLogger("cogtrain")
@@ -376,17 +385,7 @@ def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
     if status.get("phase") in FINISHED:
         return
     name = status.get("jobName") or job_name(api.Training.model_validate(dict(body)))
-    try:
-        runtime.batch.delete_namespaced_job(
-            name,
-            str(body.meta.namespace),
-            propagation_policy="Background",
-            grace_period_seconds=runtime.settings.termination_grace_seconds,
-            _request_timeout=runtime.request_timeout,
-        )
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    _delete_job(runtime, str(body.meta.namespace), name)
     message = "the training was canceled (spec.cancel); its Job was deleted"
     patch.status.update(_status_patch(runtime, body, api.Phase.CANCELED, Reason.CANCELED, message, None))
     kopf.info(body, reason=Reason.CANCELED, message=message)
@@ -448,6 +447,8 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             return  # no Job made by this Training yet
         jobs, pods = children()
         job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
+        spec = training.get("spec") or {}
+        owned: list[Mapping[str, Any]] = []
         if job is None:
             observation = _without_job(runtime, namespace, training)
             if observation is None:
@@ -455,8 +456,9 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
         else:
             uid = (job.get("metadata") or {}).get("uid")
             owned = [pod for pod in pods if _owned_by(pod, uid)]  # a Pod that only wears the labels decides nothing
-            observation = observe(job, owned, (training.get("spec") or {}).get("activeDeadlineSeconds"))
-        update = advance(status, observation, meta.get("generation"), runtime.now())
+            observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
+        update = advance(status, observation, meta.get("generation"), runtime.now(), disruptions_of(owned),
+                         int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")))
         if not update:
             return
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
@@ -469,6 +471,7 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
                 continue  # someone wrote in between: read again and recompute
             raise
         _announce(training, status.get("phase"), update)
+        _restarted(runtime, training, status, update)
         return
 
 
@@ -495,6 +498,31 @@ def lost_job(name: str) -> Observation:
         f"the training's Job {name} no longer exists (deleted, or removed by ttlSecondsAfterFinished while the "
         "operator was not running); the training is not run again: create a new Training to train again",
     )
+
+
+def _restarted(runtime: Runtime, training: Mapping[str, Any], before: Mapping[str, Any],
+               after: Mapping[str, Any]) -> None:
+    """An Event per disruption just counted; a Training past its restarts gives its GPUs back at once."""
+    target = cast(kopf.Body, training)
+    new = int(after.get("restarts") or 0) - int(before.get("restarts") or 0)
+    for disruption in (after.get("disruptions") or [])[-new:] if new > 0 else []:
+        kopf.info(target, reason=Reason.RESTARTED, message=f"Restarted: {describe_disruption(disruption)}")
+    failed = next((c for c in after.get("conditions") or [] if c["type"] == "Failed" and c["status"] == "True"), None)
+    job = after.get("jobName") or before.get("jobName")
+    if failed and failed["reason"] == Reason.TOO_MANY_RESTARTS and job:
+        _delete_job(runtime, (training.get("metadata") or {}).get("namespace") or "default", str(job))
+
+
+def _delete_job(runtime: Runtime, namespace: str, name: str) -> None:
+    """Delete a Job and (in the background) its Pods; gone already is fine."""
+    try:
+        runtime.batch.delete_namespaced_job(
+            name, namespace, propagation_policy="Background",
+            grace_period_seconds=runtime.settings.termination_grace_seconds, _request_timeout=runtime.request_timeout,
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
 
 
 def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:

@@ -166,7 +166,12 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
         held = f"; Kueue queue {queue} admits it when quota is available" if queue else ""
         return Observation(Phase.PENDING, Reason.SUSPENDED, f"the training Job is suspended{held}")
 
-    pod = _newest(p for p in pods if p not in failed_pods) or None
+    disrupted = [p for p in pods if _disruption(p) is not None]
+    pod = _newest(p for p in pods if p not in failed_pods and p not in disrupted) or None
+    if disrupted and (pod is None or not _driver_running(pod)):
+        last = _disruption(_newest(disrupted) or {}) or {}
+        return Observation(Phase.PENDING, Reason.RESTARTING,
+                           f"starting again after a disruption: {describe_disruption(last)}", start)
     if pod is None:
         if failed_pods:
             why, message = explain_pod_failure(_newest(failed_pods) or {})
@@ -190,12 +195,79 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
         if reason in _CONFIG_ERRORS:
             return Observation(Phase.PENDING, _CONFIG_ERRORS[reason],
                                f"the {container} container cannot start: {message or reason}")
-    driver = (_statuses(pod).get(DRIVER_CONTAINER, {}).get("state") or {}).get("running")
-    if status.get("phase") == "Running" and driver is not None:
+    driver = _driver_running(pod)
+    if driver is not None:
         return Observation(Phase.RUNNING, Reason.RUNNING, "the training is running",
                            driver.get("startedAt") or status.get("startTime") or start)
     return Observation(Phase.PENDING, Reason.STARTING,
                        "the training Pod is starting (pulling images, starting the model server)")
+
+
+def _driver_running(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    if (pod.get("status") or {}).get("phase") != "Running":
+        return None
+    running: Mapping[str, Any] | None = (_statuses(pod).get(DRIVER_CONTAINER, {}).get("state") or {}).get("running")
+    return running
+
+
+# --- disruptions -------------------------------------------------------------------------------
+
+MAX_DISRUPTIONS_KEPT = 10
+# What the API server, scheduler and controllers put in a Pod's DisruptionTarget condition.
+_DISRUPTED_BY = {
+    "EvictionByEvictionAPI": "evicted",
+    "PreemptionByScheduler": "preempted",
+    "DeletionByTaintManager": "evicted by the node's taint",
+    "DeletionByPodGC": "removed with its lost node",
+    "TerminationByKubelet": "stopped by the node",
+}
+
+
+def _disruption(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A Pod the cluster took away (DisruptionTarget=True): drained, evicted, preempted, node lost."""
+    condition = _conditions(pod).get("DisruptionTarget")
+    if not condition or condition.get("status") != "True":
+        return None
+    meta = pod.get("metadata") or {}
+    return {
+        "pod": str(meta.get("name") or ""),
+        "uid": str(meta.get("uid") or ""),
+        "node": str((pod.get("spec") or {}).get("nodeName") or ""),
+        "reason": str(condition.get("reason") or "DisruptionTarget"),
+        "message": str(condition.get("message") or "")[:500],
+        "time": _time(condition.get("lastTransitionTime")),
+    }
+
+
+def disruptions_of(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every disrupted Pod among these, oldest first."""
+    found = [d for d in map(_disruption, pods) if d is not None]
+    return sorted(found, key=lambda d: (d["time"] or "", d["pod"]))
+
+
+def queue_eviction(pod_name: str, now: str) -> dict[str, Any]:
+    """A Job its queue suspended while it ran (Kueue preempting it): a disruption without a Pod condition."""
+    return {"pod": pod_name, "uid": f"suspended:{pod_name}", "node": "", "reason": "SuspendedByQueue",
+            "message": "the training's queue suspended its Job (e.g. Kueue preemption)", "time": now}
+
+
+def describe_disruption(disruption: Mapping[str, Any]) -> str:
+    how = _DISRUPTED_BY.get(str(disruption.get("reason")), "disrupted")
+    node = f" from node {disruption['node']}" if disruption.get("node") else ""
+    if disruption.get("reason") == "SuspendedByQueue":
+        return "suspended by its queue"
+    return f"{how}{node} ({disruption.get('reason')})"
+
+
+def count_disruptions(
+    current: Mapping[str, Any], seen: Iterable[Mapping[str, Any]]
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(restarts, the disruptions to keep in status, the new ones) after `seen` (by Pod uid, each once)."""
+    kept = [dict(d) for d in current.get("disruptions") or [] if isinstance(d, Mapping)]
+    known = {d.get("uid") for d in kept}
+    new = [dict(d) for d in seen if d.get("uid") not in known]
+    restarts = int(current.get("restarts") or 0) + len(new)
+    return restarts, (kept + new)[-MAX_DISRUPTIONS_KEPT:], new
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -275,21 +347,38 @@ def status_patch(phase: Phase, reason: Reason, message: str, generation: int | N
 
 
 def advance(current: Mapping[str, Any] | None, observation: Observation, generation: int | None,
-            now: datetime) -> dict[str, Any] | None:
+            now: datetime, disruptions: Iterable[Mapping[str, Any]] = (),
+            max_restarts: int | None = None, user_suspended: bool = False) -> dict[str, Any] | None:
     """The status patch that moves `current` to what was observed, or None when nothing changes.
 
     Finished (Succeeded, Failed, Canceled) is final; Running only goes back to Pending when the
-    Job is suspended or retried; the start time is kept from the first time it was seen.
+    Job is suspended, retried or restarted after a disruption; the start time is kept from the
+    first time it was seen. Each disrupted Pod (and each suspension by the Job's queue while it
+    ran) counts one restart; more than `max_restarts` fails the training.
     """
     current = dict(current or {})
     phase = Phase(current["phase"]) if current.get("phase") in Phase._value2member_map_ else None
     if phase in TERMINAL:
         return None
     new = observation.phase
-    going_back = observation.reason not in (Reason.SUSPENDED, Reason.RETRYING)
-    if phase is Phase.RUNNING and new is Phase.PENDING and going_back:
-        return None
+    if phase is Phase.RUNNING and observation.reason is Reason.SUSPENDED and not user_suspended:
+        name = f"{current.get('jobName') or 'job'}:{int(current.get('restarts') or 0)}"
+        disruptions = [*disruptions, queue_eviction(name, _stamp(now))]
+    restarts, kept, fresh = count_disruptions(current, disruptions)
     fields: dict[str, Any] = {}
+    if fresh or current.get("restarts"):
+        fields["restarts"] = restarts
+        fields["disruptions"] = kept
+    if max_restarts is not None and restarts > max_restarts and new not in TERMINAL:
+        last = describe_disruption(kept[-1]) if kept else "disrupted"
+        observation = Observation(
+            Phase.FAILED, Reason.TOO_MANY_RESTARTS,
+            f"the training was disrupted {restarts} times, more than spec.maxRestarts ({max_restarts}) allows; "
+            f"last: {last}", observation.start_time)
+        new = observation.phase
+    going_back = observation.reason not in (Reason.SUSPENDED, Reason.RETRYING, Reason.RESTARTING)
+    if phase is Phase.RUNNING and new is Phase.PENDING and going_back and not fresh:
+        return None
     start = current.get("startTime") or observation.start_time
     if new is not Phase.PENDING and start:
         fields["startTime"] = start
