@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cogtrain.cli import main
+from cogtrain.commands.drive import TERMINATED_MESSAGE
 from cogtrain.contract import TERMINATION_LIMIT, DriverReport, Reason
 from cogtrain.destinations import DriverError, LocalDestination, safe_name
 from cogtrain.driver import (
@@ -210,7 +211,8 @@ def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
+def test_drive_sigterm_stops_the_training_and_reports_terminated(tmp_path: Path) -> None:
+    """In a Pod, SIGTERM only means "stop now" (docs/driver.md: how a cancel is told from a disruption)."""
     import signal
     import time
 
@@ -228,7 +230,7 @@ def test_drive_sigterm_cancels_the_training(tmp_path: Path) -> None:
     assert time.monotonic() - started < 20, "the cancel grace, then the model server is shut down"
     assert process.returncode == 14
     assert json.loads((tmp_path / "termination-log").read_text()) == {
-        "status": "failed", "reason": "Canceled", "message": "the training was canceled"}
+        "status": "failed", "reason": "Terminated", "message": TERMINATED_MESSAGE}
 
 
 @pytest.mark.unit
@@ -250,11 +252,17 @@ def test_inputs_from_env() -> None:
     from cogtrain.driver import inputs_from_env
 
     assert inputs_from_env({"COGTRAIN_INPUT_steps": "5", "COGTRAIN_INPUT_tags": '["a"]', "PATH": "/bin",
-                            "COGTRAIN_SECRET_INPUT_token": "raw {not json}"}) == {
-        "steps": 5, "tags": ["a"], "token": "raw {not json}"}
+                            "COGTRAIN_SECRET_INPUT_token": "raw {not json}",
+                            "COGTRAIN_SECRET_LIST_INPUT_tokens": '["t1", "t2"]'}) == {
+        "steps": 5, "tags": ["a"], "token": "raw {not json}", "tokens": ["t1", "t2"]}
     with pytest.raises(DriverError) as caught:
         inputs_from_env({"COGTRAIN_INPUT_steps": "five"})
     assert caught.value.reason == "InputRejected" and "five" not in caught.value.message
+    for value in ("s3kr1t", '["s3kr1t", 1]', '{"a": "s3kr1t"}'):
+        with pytest.raises(DriverError) as caught:
+            inputs_from_env({"COGTRAIN_SECRET_LIST_INPUT_tokens": value})
+        assert caught.value.reason == "InputRejected" and "s3kr1t" not in caught.value.message
+        assert "COGTRAIN_SECRET_LIST_INPUT_tokens (a list[Secret] input) is not a JSON array of strings" in caught.value.message
 
 
 @pytest.mark.integration
@@ -367,7 +375,6 @@ def test_json_stream_keeps_only_what_its_budget_allows() -> None:
     budget = Budget(10)
     value = Reader(_Body('{"short": "abc", "long": "' + "x" * 1000 + '", "after": 1}').read).value(budget)
     assert budget.exceeded and value["short"] == "abc" and "x" * 11 not in json.dumps(value)
-    assert Reader(_Body('{"a": {"b": 1}}').read).members  # a streaming object: keys one by one
     reader = Reader(_Body('{"skip": [1, {"x": "' + "y" * 100000 + '"}], "keep": 2}').read)
     seen = {}
     for key in reader.members():
@@ -560,8 +567,8 @@ def _leaked(secret_part: str, *texts: str) -> list[str]:
 
 @pytest.mark.integration
 def test_a_422_that_repeats_a_secret_is_reported_without_it(tmp_path: Path) -> None:
-    """Cog 0.23 repeats a rejected value in its 422: here a list[Secret] input whose Secret does not hold
-    a JSON array (Cog answers `"<the value>" is not of type "array"`)."""
+    """Cog 0.23 repeats a rejected value in its 422 (`"<the value>" is not of type "array"`): here a
+    list[Secret] input passed as one plain Secret string, as a Job made before lists of Secrets did."""
     secret = "s3kr1t-\"422\"-\u00e9"
     code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "leaks-secret", {
         "COGTRAIN_SECRET_INPUT_token": "tok-fine", "COGTRAIN_SECRET_INPUT_extra_tokens": secret})
@@ -575,14 +582,16 @@ def test_a_422_that_repeats_a_secret_is_reported_without_it(tmp_path: Path) -> N
 
 @pytest.mark.integration
 def test_a_training_error_and_logs_that_repeat_a_secret_are_reported_without_it(tmp_path: Path) -> None:
-    """train() prints its token and raises an error quoting it (Python's repr and as it is)."""
-    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "leaks-secret", {"COGTRAIN_SECRET_INPUT_token": _SECRET})
+    """train() prints its tokens and raises an error quoting one (Python's repr and as it is)."""
+    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "leaks-secret", {
+        "COGTRAIN_SECRET_INPUT_token": _SECRET,
+        "COGTRAIN_SECRET_LIST_INPUT_extra_tokens": json.dumps(["list-s3kr1t-1", "list-s3kr1t-2"])})
     report_text = (tmp_path / "termination-log").read_text()
     assert code == 10, err
     report = json.loads(report_text)
     assert report["reason"] == "TrainingFailed"
-    assert "PermissionError: the hub refused the token '***' (as JSON: ***)" in report["message"], report["message"]
-    assert "logging in with ***" in out
+    assert "PermissionError: the hub refused the token '***' (plain: ***)" in report["message"], report["message"]
+    assert "logging in with ***, then with ***, ***\n" in out, "the list's items are redacted one by one"
     assert not _leaked("s3kr1t", report_text, out, err)
 
 
@@ -608,3 +617,27 @@ def test_an_output_naming_an_upload_that_never_arrived_fails_with_a_report(tmp_p
     assert json.loads((tmp_path / "termination-log").read_text()) == {
         "status": "failed", "reason": "TrainingFailed",
         "message": "the model's output names an uploaded file that never arrived: never-sent.bin"}
+
+
+class _Exploding:
+    """A destination whose check fails in a way the driver does not expect, naming a secret."""
+
+    uri_prefix = "pvc://c/p"
+
+    def check(self) -> None:
+        raise RuntimeError(f"unexpected: {_SECRET}")
+
+    def put(self, source: Path, name: str) -> str:
+        raise AssertionError("never reached")
+
+
+@pytest.mark.integration
+def test_the_drivers_own_failure_is_reported_without_a_secret(tmp_path: Path) -> None:
+    notices = io.StringIO()
+    driver = Driver(model_url=f"http://127.0.0.1:{free_port()}", training_id="t", inputs={}, notices=notices,
+                    destination=_Exploding(), scratch=tmp_path / "s", log=io.StringIO(), secrets=[_SECRET])
+    with pytest.raises(DriverError) as caught:
+        driver.run()
+    assert (caught.value.reason, caught.value.exit_code) == ("DriverFailed", 16)
+    assert caught.value.message == "the driver failed: RuntimeError: unexpected: ***"
+    assert "s3kr1t" not in notices.getvalue()

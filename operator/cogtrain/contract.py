@@ -122,6 +122,7 @@ class Reason(StrEnum):
     INPUT_REJECTED = "InputRejected"
     DESTINATION_UNWRITABLE = "DestinationUnwritable"
     MODEL_UNREACHABLE = "ModelUnreachable"
+    TERMINATED = "Terminated"
     DRIVER_FAILED = "DriverFailed"
     DRIVER_RESULT_MISSING = "DriverResultMissing"
     PREDICTION_FAILED = "PredictionFailed"
@@ -135,6 +136,7 @@ EXIT_CODES: dict[Reason, ExitCode] = {
     Reason.INPUT_REJECTED: ExitCode.INPUT_REJECTED,
     Reason.DESTINATION_UNWRITABLE: ExitCode.DESTINATION_UNWRITABLE,
     Reason.CANCELED: ExitCode.CANCELED,
+    Reason.TERMINATED: ExitCode.CANCELED,
     Reason.MODEL_UNREACHABLE: ExitCode.MODEL_UNREACHABLE,
     Reason.DRIVER_FAILED: ExitCode.DRIVER_FAILED,
 }

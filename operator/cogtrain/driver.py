@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, DriverReport, Reason
+from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, SECRET_LIST_ENV_PREFIX, DriverReport, Reason
 from .destinations import Destination, DriverError, safe_name
 from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
 
@@ -53,6 +53,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 # /health-check statuses of a server that is not running a training: during ours, it lost it.
 NOT_TRAINING = frozenset({"READY", "STARTING", "SETUP_FAILED", "DEFUNCT"})
 MASK = "***"
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 class HttpError(OSError):
@@ -172,8 +173,9 @@ def _secret_values(secret: str) -> list[str]:
 
 
 def secrets_from_env(environ: Mapping[str, str]) -> list[str]:
-    """The Secret input values the Job passes (COGTRAIN_SECRET_INPUT_*): what the driver never repeats."""
-    return [value for key, value in environ.items() if key.startswith(SECRET_ENV_PREFIX)]
+    """The Secret input values the Job passes (COGTRAIN_SECRET_INPUT_*, COGTRAIN_SECRET_LIST_INPUT_*):
+    what the driver never repeats."""
+    return [value for key, value in environ.items() if key.startswith((SECRET_ENV_PREFIX, SECRET_LIST_ENV_PREFIX))]
 
 
 class RedactingWriter:
@@ -228,9 +230,8 @@ class DataUrlFile:
 
     def write(self, text: str) -> None:
         text = self.rest + text
-        if self.base64:
-            if any(c.isspace() for c in text[:64]) or any(c.isspace() for c in text[-64:]):
-                text = "".join(text.split())
+        if self.base64:  # what b64decode would skip (line breaks, say) must not shift the 4-character groups
+            text = _NOT_BASE64.sub("", text)
             end = len(text) - len(text) % 4
         else:  # keep a %XX escape that is not complete yet
             percent = text.rfind("%", max(0, len(text) - 2))
@@ -629,7 +630,7 @@ class Driver:
     health_interval: float = 5.0
     health_grace: float = 60.0
     lost_grace: float = 30.0
-    # Values never to print or report (replaced by ***); None: the COGTRAIN_SECRET_INPUT_* variables.
+    # Values never to print or report (replaced by ***); None: the Secret input variables (secrets_from_env).
     secrets: Iterable[str] | None = None
     redactor: Redactor = field(init=False)
 
@@ -642,6 +643,9 @@ class Driver:
             output = self._run()
         except DriverError as error:
             raise DriverError(error.reason, self.redactor(error.message)) from None
+        except Exception as error:  # the driver's own fault (DriverFailed, as `cogtrain drive` says): redacted too
+            raise DriverError(Reason.DRIVER_FAILED,
+                              self.redactor(f"the driver failed: {type(error).__name__}: {error}")) from None
         self.metrics = self.redactor.value(self.metrics)
         return self.redactor.value(output)
 
@@ -861,10 +865,19 @@ def termination_message(
 
 
 def inputs_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The inputs the Job passes (docs/driver.md): JSON values, and Secret values as they are."""
+    """The inputs the Job passes (docs/driver.md): JSON values, Secret values as they are, and a
+    `list[Secret]` input's Secret as a JSON array of strings. No message repeats a value."""
     inputs: dict[str, Any] = {}
     for key, value in environ.items():
-        if key.startswith(SECRET_ENV_PREFIX):
+        if key.startswith(SECRET_LIST_ENV_PREFIX):
+            try:
+                items = json.loads(value)
+            except (ValueError, RecursionError):
+                items = None
+            if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+                raise DriverError(Reason.INPUT_REJECTED, f"{key} (a list[Secret] input) is not a JSON array of strings")
+            inputs[key[len(SECRET_LIST_ENV_PREFIX) :]] = items
+        elif key.startswith(SECRET_ENV_PREFIX):
             inputs[key[len(SECRET_ENV_PREFIX) :]] = value
         elif key.startswith(INPUT_ENV_PREFIX):
             try:

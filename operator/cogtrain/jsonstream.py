@@ -13,16 +13,19 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable, Iterator
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
 CHUNK = 64 * 1024
 MAX_DEPTH = 64
 
-_SPECIAL = re.compile(r'["\\]')
+# A run of a string's content: characters other than " and \, and complete escapes.
+_PIECE = re.compile(r'(?:[^"\\]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*')
+_HIGH_SURROGATE_AT_END = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one (a pair is one character): it cannot be printed
 _SPACE = re.compile(r"[ \t\r\n]*")
 _NUMBER_CHARS = re.compile(r"[-+0-9.eE]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _LITERALS = {"t": ("true", True), "f": ("false", False), "n": ("null", None)}
 _MAX_NUMBER = 400
 
@@ -134,50 +137,33 @@ class Reader:
         self._pos += 1
 
     def string(self, sink: Sink) -> None:
-        """Read a string, writing its text to `sink` in pieces (never more than a chunk at once)."""
+        """Read a string, writing its text to `sink` in pieces (never more than a chunk at once).
+
+        Each piece of complete escapes is decoded by the standard library's C scanner; a piece never
+        ends inside an escape or between the two halves of a surrogate pair.
+        """
         self._expect('"')
         while True:
-            match = _SPECIAL.search(self._buffer, self._pos)
-            end = match.start() if match else len(self._buffer)
-            if end > self._pos:
-                sink.write(self._buffer[self._pos : end])
-            self._pos = end
-            if match is None:
-                if not self._fill():
-                    raise JSONStreamError("a string is not terminated")
-            elif match.group() == '"':
-                self._pos += 1
+            buffer, start = self._buffer, self._pos
+            piece = _PIECE.match(buffer, start)
+            assert piece is not None  # it matches the empty string
+            end = piece.end()
+            closed = end < len(buffer) and buffer[end] == '"'
+            if not closed:  # more is to come: a high surrogate's low half may be in it
+                high = _HIGH_SURROGATE_AT_END.search(buffer, start, end)
+                if high is not None and _escape_starts(buffer, high.start(), start):
+                    end = high.start()
+            if end > start:
+                text = scanstring(buffer[start:end] + '"', 0, False)[0]
+                sink.write(_SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text)
+                self._pos = end
+            if closed:
+                self._pos = end + 1
                 return
-            else:
-                sink.write(self._escape())
-
-    def _hex(self, at: int) -> int:
-        digits = self._buffer[at : at + 4]
-        if len(digits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in digits):
-            raise JSONStreamError("a \\u escape needs four hex digits")
-        return int(digits, 16)
-
-    def _escape(self) -> str:
-        if not self._ensure(2):
-            raise JSONStreamError("a string is not terminated")
-        kind = self._buffer[self._pos + 1]
-        if kind != "u":
-            self._pos += 2
-            try:
-                return _ESCAPES[kind]
-            except KeyError:
-                raise JSONStreamError(f"unknown escape \\{kind}") from None
-        self._ensure(6)
-        code = self._hex(self._pos + 2)
-        self._pos += 6
-        if 0xD800 <= code < 0xDC00:  # a surrogate pair is one character, as json.loads reads it
-            if self._ensure(6) and self._buffer.startswith("\\u", self._pos):
-                low = self._hex(self._pos + 2)
-                if 0xDC00 <= low < 0xE000:
-                    self._pos += 6
-                    return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))
-            return "\ufffd"
-        return "\ufffd" if 0xDC00 <= code < 0xE000 else chr(code)  # a lone surrogate cannot be printed
+            if len(buffer) - end >= 12:  # not an escape cut short by the chunk's end
+                raise JSONStreamError(f"an invalid escape in a string: {buffer[end : end + 6]!r}")
+            if not self._fill():
+                raise JSONStreamError("a string is not terminated")
 
     def members(self) -> Iterator[str]:
         """The keys of an object (the next value); read or `skip()` each key's value before the next."""
@@ -277,6 +263,14 @@ class Reader:
         """Read to the end of the stream; only white space may remain."""
         if self.peek():
             raise JSONStreamError("more after the JSON value")
+
+
+def _escape_starts(buffer: str, at: int, start: int) -> bool:
+    """Whether the backslash at `at` begins an escape (an odd run of backslashes ends there)."""
+    run = at
+    while run > start and buffer[run - 1] == "\\":
+        run -= 1
+    return (at - run) % 2 == 0
 
 
 class _Skipped(Text):

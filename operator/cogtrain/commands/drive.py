@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the model to confirm a cancel before shutting it down")
 
 
+TERMINATED_MESSAGE = (
+    "the training Pod was stopped (SIGTERM) before the training finished: it was deleted, its node "
+    "shut down, or its Job canceled or past its deadline"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     """The driver container of a training Pod (docs/driver.md): its exit code and termination message.
 
@@ -63,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         output = running.run()
     except DriverError as failure:
         error = failure
+        if failure.reason is Reason.CANCELED:
+            # In a Pod, SIGTERM is all the driver knows: the operator has already written Canceled for
+            # spec.cancel, the Job controller replaces a disrupted Pod whatever its exit code, and the
+            # Job's deadline is on the Job. What is left (a Pod deleted by hand) is a termination.
+            error = DriverError(Reason.TERMINATED, TERMINATED_MESSAGE)
     except Exception as failure:  # noqa: BLE001  (the driver's own fault: reported, never retried)
         error = DriverError(Reason.DRIVER_FAILED, f"the driver failed: {type(failure).__name__}: {failure}")
     try:
