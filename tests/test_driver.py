@@ -641,3 +641,29 @@ def test_the_drivers_own_failure_is_reported_without_a_secret(tmp_path: Path) ->
     assert (caught.value.reason, caught.value.exit_code) == ("DriverFailed", 16)
     assert caught.value.message == "the driver failed: RuntimeError: unexpected: ***"
     assert "s3kr1t" not in notices.getvalue()
+
+
+# --- second review (hostile outputs and short secrets) ------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", ["data: 120 rows, 3 columns", "data:", "data:" + "x" * 5000, "data:;x, y z"])
+def test_text_that_only_starts_with_data_is_not_a_file(tmp_path: Path, text: str) -> None:
+    inbox = Inbox(tmp_path, io.StringIO(), io.StringIO())
+    inbox.webhook(_Body(_webhook(status="succeeded", output={"summary": text}), 7).read)
+    assert inbox.state.failure is None and inbox.state.output == {"summary": text}
+
+
+@pytest.mark.unit
+def test_a_short_secret_does_not_cut_ordinary_text_apart() -> None:
+    redact = Redactor(["a", "123", "hunter2-long"])
+    assert redact("s3://data-bucket/trainings/ns/name") == "s3://data-bucket/trainings/ns/name"
+    assert redact("token hunter2-long used") == "token *** used"
+
+
+@pytest.mark.unit
+def test_metrics_are_replaced_not_merged_without_bound(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, io.StringIO(), io.StringIO())
+    for i in range(100):
+        inbox.webhook(_Body(_webhook(status="processing", metrics={f"m{i}": i})).read)
+    assert inbox.state.metrics == {"m99": 99}

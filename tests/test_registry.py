@@ -664,3 +664,45 @@ def _challenge_for(i: int) -> Any:
     challenge = parse_challenge(f'Bearer realm="https://auth{i}.example.com/token"')
     assert challenge is not None
     return challenge
+
+
+@pytest.mark.unit
+def test_an_unclosed_string_is_scanned_in_linear_time() -> None:
+    """A body of `"` and escaped quotes made the old string pattern quadratic (hours at 4 MiB, GIL held)."""
+    import time
+
+    from cogtrain.registry import check_json_shape
+
+    started = time.monotonic()
+    with pytest.raises(RegistryError):
+        check_json_shape(b'"' + b'\\"' * (1024 * 1024), "manifest")
+        raise RegistryError(RegistryErrorKind.BAD_RESPONSE, "shape passed; json.loads refuses it afterwards")
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.integration
+def test_a_manifest_redirected_to_another_host_is_not_followed(servers: Callable[..., FaultyRegistry]) -> None:
+    """Registries redirect only blobs: a manifest sent elsewhere could make the operator read an internal URL."""
+    internal = servers(answers={"/secret": Canned(200, {"Content-Type": "application/x-internal-token-abc"}, b"{}")},
+                       bind="127.0.0.2")
+    answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+    manifest = next(path for path in answers if "/manifests/" in path)
+    answers[manifest] = Canned(302, {"Location": f"{internal.url}/secret"})
+    error = failure(f"{servers(answers=answers).host}/acme/m:1.0")
+    assert internal.requests == 0
+    assert error.kind is RegistryErrorKind.UNAVAILABLE and REDIRECT_FAILURE in str(error)
+    assert "x-internal" not in str(error)
+
+
+@pytest.mark.integration
+def test_a_config_from_another_host_that_is_wrong_tells_nothing(servers: Callable[..., FaultyRegistry]) -> None:
+    """An internal 200 and an internal 404 read the same (no "is it up" oracle)."""
+    messages = set()
+    for answer in (Canned(200, {}, b'{"internal": true}'), Canned(404, {}, b"")):
+        storage = servers(answers={"/bucket/config": answer}, bind="127.0.0.2")
+        answers, _ = canned_image("acme/m", "1.0", cog_labels("hello-train"))
+        blob = next(path for path in answers if "/blobs/" in path)
+        answers[blob] = Canned(307, {"Location": f"{storage.url}/bucket/config"})
+        error = failure(f"{servers(answers=answers).host}/acme/m:1.0")
+        messages.add((error.kind, str(error).split(": ", 1)[1]))
+    assert len(messages) == 1 and next(iter(messages))[0] is RegistryErrorKind.UNAVAILABLE

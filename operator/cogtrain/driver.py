@@ -113,6 +113,9 @@ def health(model_url: str, timeout: float = 5.0) -> tuple[str | None, str]:
     return answer
 
 
+MIN_SECRET = 4  # characters: a Secret value shorter than this is not redacted
+
+
 class Redactor:
     """Cuts Secret input values out of text, as they are and as JSON, Python and URLs encode them."""
 
@@ -122,7 +125,8 @@ class Redactor:
             for value in _secret_values(secret):
                 forms.update((value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
                               repr(value)[1:-1], urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)))
-        forms.discard("")
+        # Too short to find without cutting ordinary text apart (docs/driver.md): not redacted.
+        forms = {form for form in forms if len(form) >= MIN_SECRET}
         self.forms = sorted(forms, key=len, reverse=True)  # the longest form first where several match
         self._pattern = re.compile("|".join(map(re.escape, self.forms))) if self.forms else None
 
@@ -292,9 +296,11 @@ class _OutputString(Text):
                 return
             self.mode = "header"
         header, comma, payload = self.head.partition(",")
-        if not comma:
-            if len(self.head) > 4096:
-                raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL")
+        if not comma and len(self.head) <= 4096:
+            return
+        if not comma or not _DATA_URL_HEADER.fullmatch(header):  # text that starts with "data:", not a file
+            self.mode, head, self.head = "plain", self.head, ""
+            super().write(head)
             return
         self.head = ""
         self.file = self.new_file(header.endswith(";base64"))
@@ -304,9 +310,7 @@ class _OutputString(Text):
         if self.file is not None:
             self.file.close()
             return Spooled(self.file.path)
-        if self.mode == "header":
-            raise DriverError(Reason.TRAINING_FAILED, "the model returned a malformed data: URL")
-        if self.mode == "undecided":
+        if self.mode in ("undecided", "header"):
             super().write(self.head)
         return super().value()
 
@@ -325,6 +329,10 @@ class _NewLogs:
         self.seen = end
 
 
+# RFC 2397: data:[<type>/<subtype>][;<param>=<value>]*[;base64], (nothing else makes a file of a string)
+_DATA_URL_HEADER = re.compile(r"data:(?:[\w!#$&^.+-]+/[\w!#$&^.+-]+)?(?:;[\w!#$&^.+-]+=[^;,\s]*)*(?:;base64)?")
+
+
 @dataclass
 class _State:
     """What the model server has told us through its webhooks."""
@@ -337,6 +345,7 @@ class _State:
     done: threading.Event = field(default_factory=threading.Event)
     uploads: dict[str, Path] = field(default_factory=dict)
     failure: DriverError | None = None  # what a webhook made of the training (an unusable output)
+    unreadable: str | None = None  # why the last webhook that could not be read was not
 
 
 class Inbox:
@@ -397,6 +406,7 @@ class Inbox:
             except (ValueError, OSError) as error:  # not JSON (JSONStreamError), or the connection broke
                 for spool in spools:
                     spool.discard()
+                self.state.unreadable = str(error)[:300]
                 self.notice(f"ignored a webhook from the model server that could not be read: {error}")
             finally:
                 self.log.flush()
@@ -429,8 +439,8 @@ class Inbox:
                 output = reader.value(output_budget, lambda budget: _OutputString(budget, new_file))
             else:  # the input (Secret values included), timestamps, ids: not needed
                 reader.skip()
-        if isinstance(metrics, dict):
-            state.metrics.update(metrics)
+        if isinstance(metrics, dict):  # Cog sends all of them each time: replaced, never merged without bound
+            state.metrics = metrics
         if isinstance(status, str) and status:
             state.status = status
         if status not in TERMINAL or state.done.is_set():  # an earlier output, or a repeated completion
@@ -466,6 +476,8 @@ class Receiver(Inbox):
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # a request that stalls mid-body gives up its connection (and the webhook lock)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -647,7 +659,7 @@ class Driver:
             raise DriverError(Reason.DRIVER_FAILED,
                               self.redactor(f"the driver failed: {type(error).__name__}: {error}")) from None
         self.metrics = self.redactor.value(self.metrics)
-        return self.redactor.value(output)
+        return output  # redacted by _store, before stored files' URIs went in
 
     def _run(self) -> Any:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -738,8 +750,11 @@ class Driver:
                 elif idle_since is None:
                     idle_since = last_answer
                 elif last_answer - idle_since >= self.lost_grace and not receiver.state.done.is_set():
+                    unreadable = receiver.state.unreadable
                     raise DriverError(
                         Reason.TRAINING_FAILED,
+                        f"the model server reported the training's end in a form the driver could not read "
+                        f"({unreadable})" if unreadable else
                         f"the model server lost the training: it has answered {status} (running no training) for "
                         f"{last_answer - idle_since:.0f} s and never reported the training's end; it restarted "
                         "(a crash, or the model container killed, e.g. out of memory)",
@@ -763,7 +778,7 @@ class Driver:
         if isinstance(output, list):
             return [self._store(item, receiver) for item in output]
         if isinstance(output, dict):
-            return {key: self._store(value, receiver) for key, value in output.items()}
+            return {self.redactor.value(key): self._store(value, receiver) for key, value in output.items()}
         if isinstance(output, Spooled):  # decoded while the webhook arrived
             path = receiver.upload_path("output")
             output.path.rename(path)
@@ -777,7 +792,7 @@ class Driver:
                     f"the model's output names an uploaded file that never arrived: {name[:200]}",
                 )
             return self.destination.put(upload, name)
-        return output
+        return self.redactor.value(output)
 
 
 def wait_ready(

@@ -91,7 +91,9 @@ REDIRECT_FAILURE = "the location the registry redirected to could not be read; t
 _REDIRECTS = (301, 302, 303, 307, 308)
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Linear on any input: once a string starts it always matches (an unclosed one runs to the end),
+# so no `"` starts a second scan of the rest; json.loads still refuses a malformed body afterwards.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.?)*"?', re.DOTALL)
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
@@ -675,9 +677,11 @@ class RegistryClient:
         raise RegistryError(RegistryErrorKind.UNAUTHORIZED, _unauthorized_message(reference, credentials))
 
     def _get(self, reference: ImageReference, path: str, credentials: list[Credential], what: str,
-             deadline: Deadline, method: str = "GET", headers: Mapping[str, str] | None = None) -> _Reply:
+             deadline: Deadline, method: str = "GET", headers: Mapping[str, str] | None = None,
+             off_origin: bool = True) -> _Reply:
         """`_authorized_get`, then its redirects: at most MAX_REDIRECTS, never from https to http, and
-        credentials only to the registry's own origin; failures on another host all read the same."""
+        credentials only to the registry's own origin; failures on another host all read the same.
+        `off_origin=False` (manifests: registries redirect only blobs to storage) follows none elsewhere."""
         reply, sent_headers, auth = self._authorized_get(reference, path, credentials, what, deadline,
                                                          method=method, headers=headers)
         origin = _origin(reply.url)
@@ -701,6 +705,8 @@ class RegistryClient:
                     f"(only {'http(s)' if plain_registry else 'https'} URLs are)",
                 )
             same = _origin(target) == origin
+            if not same and not off_origin:
+                raise RegistryError(RegistryErrorKind.UNAVAILABLE, f"{what}: {REDIRECT_FAILURE}")
             hop_headers = dict(sent_headers) if same else {k: v for k, v in sent_headers.items()
                                                            if k.lower() != "authorization"}
             reply = self._send(method, target, what, deadline, generic=generic if same else REDIRECT_FAILURE,
@@ -712,7 +718,8 @@ class RegistryClient:
     def _manifest(self, reference: ImageReference, ref: str, credentials: list[Credential], what: str,
                   deadline: Deadline, method: str = "GET") -> tuple[bytes, str, str]:
         path = f"/v2/{reference.repository}/manifests/{ref}"
-        reply = self._get(reference, path, credentials, what, deadline, method=method, headers={"Accept": ACCEPT})
+        reply = self._get(reference, path, credentials, what, deadline, method=method, headers={"Accept": ACCEPT},
+                          off_origin=False)
         if reply.status_code == 404 and reply.generic is None:
             raise self._not_found(reference, ref, credentials, reply.read(MAX_ERROR_BYTES, what), deadline)
         if reply.status_code != 200:
@@ -784,7 +791,13 @@ class RegistryClient:
             raise reply.error(RegistryErrorKind.BAD_RESPONSE,
                               f"{what}: config blob {config_digest} answered HTTP {reply.status_code}")
         config_body = reply.read(MAX_CONFIG_BYTES, f"{what}: config")
-        _verify(config_digest, config_body, f"{what}: config blob", reveal=reply.generic is None)
+        try:
+            _verify(config_digest, config_body, f"{what}: config blob", reveal=reply.generic is None)
+        except RegistryError:
+            if reply.generic is None:
+                raise
+            # Read from another host: what it answered must not show (an internal URL probed).
+            raise RegistryError(RegistryErrorKind.UNAVAILABLE, f"{what}: config: {REDIRECT_FAILURE}") from None
         return ImageConfig(reference=reference, digest=digest, config=_json(config_body, f"{what}: config"))
 
     def _not_found(self, reference: ImageReference, ref: str, credentials: list[Credential],

@@ -279,6 +279,10 @@ class _Parser:
         _expect(name not in seen, where, f"is a circular reference through {ref}")
         if name not in self.resolved:
             self.resolved[name] = self.resolve(self.schemas[name], f"components.schemas.{name}", seen | {name})
+        # Each use copies the component: charged to the node budget, so many uses of a big one are bounded.
+        self.nodes += len(self.resolved[name])
+        _expect(self.nodes <= MAX_SCHEMA_NODES, "the document",
+                f"is too complex to read (more than {MAX_SCHEMA_NODES} schema nodes to resolve)")
         return dict(self.resolved[name])
 
     def value_type(self, node: Mapping[str, Any], where: str, depth: int = 0) -> ValueType:
