@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from . import api
@@ -71,13 +72,22 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return head | {key: value for key, value in node.items() if key not in head}
 
 
+def _untyped_for_cel(schema: Mapping[str, Any]) -> bool:
+    """A map of free-form values (x-kubernetes-preserve-unknown-fields): CEL has no type for it, and
+    the API server refuses a rule that names it ("undefined field")."""
+    values = schema.get("additionalProperties")
+    return isinstance(values, Mapping) and bool(values.get("x-kubernetes-preserve-unknown-fields"))
+
+
 def _immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
     """CEL transition rules: every spec field but the mutable ones keeps its value."""
     required = set(spec_schema.get("required", []))
     allowed = " and ".join(f"spec.{name}" for name in sorted(api.MUTABLE_SPEC_FIELDS))
     rules = []
-    for field in spec_schema["properties"]:
+    for field, schema in spec_schema["properties"].items():
         if field in api.MUTABLE_SPEC_FIELDS:
+            continue
+        if _untyped_for_cel(schema):  # spec.input: the webhook keeps it (docs/training.md)
             continue
         if field in required:
             rule = f"self.{field} == oldSelf.{field}"
@@ -126,7 +136,7 @@ def training_schema() -> dict[str, Any]:
                 "description": "Versioned schema of this representation of an object: cog.run/v1alpha1.",
             },
             "kind": {"type": "string", "description": "Kind of the object: Training."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # the API server allows nothing more here
             "spec": spec,
             "status": status,
         },
