@@ -27,6 +27,7 @@ from cogtrain.driver import (
     RedactingWriter,
     Redactor,
     Spooled,
+    cog_error,
     termination_message,
 )
 from cogtrain.jsonstream import Budget, JSONStreamError, Reader
@@ -667,3 +668,10 @@ def test_metrics_are_replaced_not_merged_without_bound(tmp_path: Path) -> None:
     for i in range(100):
         inbox.webhook(_Body(_webhook(status="processing", metrics={f"m{i}": i})).read)
     assert inbox.state.metrics == {"m99": 99}
+
+
+@pytest.mark.unit
+def test_cogs_own_prefixes_are_taken_off_the_models_error() -> None:
+    assert cog_error("Prediction failed: Training failed: ValueError: too high") == "ValueError: too high"
+    assert cog_error("ValueError: Training failed: x") == "ValueError: Training failed: x"
+    assert cog_error(None) == cog_error("  ") == "no error given"

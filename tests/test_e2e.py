@@ -369,7 +369,7 @@ def test_a_train_that_raises_fails_the_training_with_the_models_error(api: clien
     kubectl_wait(kubectl, namespace, "raises", "Failed")
     training = read_training(api, namespace, "raises")
     error = training["status"]["error"]
-    assert "ValueError: learning rate too high: 0.1" in error and "\n" not in error
+    assert error == "the model's training failed: ValueError: learning rate too high: 0.1"
     assert error.startswith("the model's training failed: ")
     assert (condition(training, "Failed")["reason"], condition(training, "Stalled")["status"]) == ("TrainingFailed",
                                                                                                   "True")

@@ -678,7 +678,7 @@ class Driver:
                 raise DriverError(Reason.CANCELED, "the training was canceled")
             if state.status == "failed":
                 raise DriverError(
-                    Reason.TRAINING_FAILED, f"the model's training failed: {state.error or 'no error given'}"
+                    Reason.TRAINING_FAILED, f"the model's training failed: {cog_error(state.error)}"
                 )
             return self._store(state.output, receiver)
         finally:
@@ -793,6 +793,18 @@ class Driver:
                 )
             return self.destination.put(upload, name)
         return self.redactor.value(output)
+
+
+def cog_error(error: str | None) -> str:
+    """The model's own error, without the prefixes Cog 0.23 adds ("Prediction failed: Training failed: ")."""
+    text = (error or "").strip()
+    while True:
+        for prefix in ("Prediction failed: ", "Training failed: "):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+                break
+        else:
+            return text or "no error given"
 
 
 def wait_ready(
