@@ -675,3 +675,54 @@ def test_cogs_own_prefixes_are_taken_off_the_models_error() -> None:
     assert cog_error("Prediction failed: Training failed: ValueError: too high") == "ValueError: too high"
     assert cog_error("ValueError: Training failed: x") == "ValueError: Training failed: x"
     assert cog_error(None) == cog_error("  ") == "no error given"
+
+
+@pytest.mark.integration
+def test_a_sigterm_while_the_driver_starts_still_shuts_the_model_server_down(tmp_path: Path) -> None:
+    """Cog's server ignores SIGTERM (--await-explicit-shutdown): a driver stopped early must still call /shutdown,
+    or the server holds the Pod for its whole grace period (seen on the real control plane)."""
+    import http.server
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    seen: list[str] = []
+
+    class Starting(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(f"GET {self.path}")
+            body = b'{"status": "STARTING"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(f"POST {self.path}")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Starting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cogtrain.cli", "drive", f"--model-url=http://127.0.0.1:{server.server_port}",
+             "--listen=127.0.0.1:0", "--training-id=t", "--name=n", "--destination=pvc://claim",
+             f"--destination-root={tmp_path}", f"--scratch={tmp_path / 'scratch'}",
+             f"--termination-log={tmp_path / 'log'}", "--setup-timeout=60"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not any(s.startswith("GET /health-check") for s in seen) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 14, process.stderr.read() if process.stderr else ""
+    finally:
+        server.shutdown()
+    assert "POST /shutdown" in seen
+    assert json.loads((tmp_path / "log").read_text())["reason"] == "Terminated"

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     driver: Driver | None = None
     output: Any = None
     error: DriverError | None = None
+    # First of all: a SIGTERM that comes while the driver starts still ends in a cancel and a
+    # /shutdown of the model server (which ignores SIGTERM), never in a bare exit 143 that leaves
+    # the server holding the Pod for its whole grace period.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         destination = destination_for(args.destination, args.destination_root, args.namespace, args.name)
         driver = running = Driver(
@@ -64,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
             listen=args.listen,
             setup_timeout=args.setup_timeout,
             cancel_grace=args.cancel_grace,
+            cancel_requested=stop,
         )
-        signal.signal(signal.SIGTERM, lambda *_: running.cancel_requested.set())
         output = running.run()
     except DriverError as failure:
         error = failure
