@@ -738,7 +738,7 @@ NAMESPACE_RULES = {
     ("batch", "jobs", "get"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("batch", "jobs", "create"),
     ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
     ("", "pods", "list"), ("", "pods", "watch"),
-    ("", "secrets", "get"), ("", "serviceaccounts", "get"), ("", "events", "create"),
+    ("", "secrets", "get"), ("", "serviceaccounts", "get"), ("", "events", "create"), ("", "events", "list"),
 }
 PEERING = {("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")}
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("list", "watch", "patch")}

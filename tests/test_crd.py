@@ -85,7 +85,7 @@ def test_schema_is_structural() -> None:
 
 def test_every_field_has_a_description_for_kubectl_explain() -> None:
     for path, node in walk(crd_schema()):
-        if path.endswith(("[]", "{}")) or "<anyOf" in path:
+        if path.endswith(("[]", "{}")) or "<anyOf" in path or path == ".metadata":  # the API server allows none there
             continue
         description = node.get("description", "")
         assert description.strip(), f"{path} has no description"
@@ -161,9 +161,6 @@ def test_unchanged_spec_passes() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda s: s["input"].update(steps=11), "input"),
-        (lambda s: s["input"]["tags"].append("b"), "input"),
-        (lambda s: s.pop("input"), "input"),
         (lambda s: s.update(model="r.example.com/m:2"), "model"),
         (lambda s: s.update(destination="s3://b/other"), "destination"),
         (lambda s: s.update(nodeSelector={"gpu": "a100"}), "nodeSelector"),
@@ -177,6 +174,14 @@ def test_immutable_fields_are_refused(change: Any, field: str) -> None:
     assert cel_violations(OLD, new) == [
         f"spec.{field} is immutable: create a new Training to change it (only spec.cancel and spec.suspend may change)"
     ]
+
+
+def test_no_rule_names_spec_input() -> None:
+    """CEL has no type for free-form inputs: kube-apiserver 1.37 refuses a rule naming spec.input ("undefined field
+    'input'", seen on the real control plane), and the chart's CRD with it. The webhook keeps spec.input instead
+    (test_admission's update tests; its UPDATE entry fails closed: test_chart)."""
+    rules = crd_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    assert not [r for r in rules if "input" in r["rule"]]
 
 
 @pytest.mark.parametrize("change", [{"cancel": True}, {"suspend": True}, {"cancel": True, "suspend": True}])
@@ -196,7 +201,7 @@ def test_mutable_fields_are_exactly_cancel_and_suspend() -> None:
     rules = crd_schema()["properties"]["spec"]["x-kubernetes-validations"]
     guarded = {r["rule"].split("self.")[1].split(" ")[0].split(")")[0] for r in rules if "is immutable" in r["message"]}
     spec_fields = set(crd_schema()["properties"]["spec"]["properties"])
-    assert spec_fields - guarded == {"cancel", "suspend"}
+    assert spec_fields - guarded == {"cancel", "suspend", "input"}  # input: kept by the webhook (above)
 
 
 # --- examples against the CRD's own schema -------------------------------------------------

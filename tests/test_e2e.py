@@ -533,11 +533,6 @@ def test_a_baseline_namespace_admits_training_pods(api: client.ApiClient, kubect
     assert all(e.reason != "FailedCreate" for e in events_of(api, namespace, jobs_of(api, namespace)[0].metadata.name))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when the API server refuses the training Pod itself (PodSecurity `restricted`, a ResourceQuota on "
-    "requests.nvidia.com/gpu) the Job controller only posts FailedCreate Events on the Job; the Training "
-    "stays Pending/JobCreated 'waiting for the training Pod to be created' for ever. The operator should "
-    "surface the Job's FailedCreate message (operator/cogtrain/status.py, handlers.py)."))
 def test_a_training_whose_pod_is_refused_says_why(api: client.ApiClient, kubectl: Kubectl, images: dict[str, str],
                                                   new_namespace: Callable[..., str]) -> None:
     restricted = new_namespace({"pod-security.kubernetes.io/enforce": "restricted"})
@@ -552,9 +547,11 @@ def test_a_training_whose_pod_is_refused_says_why(api: client.ApiClient, kubectl
         wait_for(f"the Job's FailedCreate in {namespace}", lambda namespace=namespace: any(
             e.reason == "FailedCreate" for e in events_of(api, namespace, jobs_of(api, namespace)[0].metadata.name)),
             timeout=30)
-        training = read_training(api, namespace, "refused")
-        said = json.dumps({k: v for k, v in training["status"].items() if k != "kopf"})
-        assert words in said, f"the status does not say why no Pod runs: {said[:800]}"
+        training = wait_for("the refusal in the status", lambda namespace=namespace, words=words: (
+            t := read_training(api, namespace, "refused")) and words in json.dumps(t.get("status") or {}) and t,
+            timeout=60)
+        assert condition(training, "Reconciling")["reason"] == "PodRefused"
+        assert training["status"]["phase"] == "Pending"
 
 
 # --- last: what the operator's log shows ------------------------------------------------------------------

@@ -22,7 +22,8 @@ from support.trainings import DATA, model, spec
 
 @pytest.fixture()
 def runtime(kube: KubeAPI) -> Runtime:
-    return Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination="s3://weights/"),
+    return Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination="s3://weights/",
+                                     pod_refusal_check_seconds=1),
                    api_client=kube.api_client, resolver=SchemaResolver(RegistryClient(timeout=2)))
 
 
@@ -576,3 +577,20 @@ def test_a_huge_failure_message_still_writes_the_status(
     cluster.fail_job(job, "PodFailurePolicy")
     status = cluster.wait_phase("loud", "Failed")
     assert 1000 < len(status["error"]) <= 8192 and status["error"].endswith("…")
+
+
+@pytest.mark.integration
+def test_a_pod_the_api_server_refuses_is_named_in_the_status(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    """The Job controller only posts FailedCreate Events (a quota, Pod Security): the status must say so."""
+    cluster.create_training("quota", spec(registries))
+    job = cluster.job("quota")
+    kube.core.create_namespaced_event(cluster.namespace, {
+        "metadata": {"name": "quota-event"}, "reason": "FailedCreate", "type": "Warning",
+        "message": 'pods "x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=2',
+        "involvedObject": {"kind": "Job", "name": job["metadata"]["name"], "namespace": cluster.namespace}})
+    wait_for(lambda: (c := cluster.condition("quota", "Reconciling")) and c["reason"] == "PodRefused", timeout=30,
+             what="PodRefused")
+    assert "exceeded quota: gpus" in cluster.condition("quota", "Reconciling")["message"]
+    cluster.run_pod(cluster.start_pod(job))  # the quota freed: the Pod comes, and the status moves on
+    cluster.wait_phase("quota", "Running")

@@ -94,7 +94,8 @@ def _record(tmp_path_factory: pytest.TempPathFactory, registries: Registries,
                                 configuration=FULLNAME, lookup_timeout=2)
 
         def runtime() -> Runtime:
-            return Runtime(settings=Settings(default_destination="s3://w/"), api_client=_operator_client(kube),
+            return Runtime(settings=Settings(default_destination="s3://w/", pod_refusal_check_seconds=1),
+                           api_client=_operator_client(kube),
                            resolver=SchemaResolver(RegistryClient(timeout=5)), webhook_config=webhook)
 
         cluster = Cluster(kube, namespaces[0] if namespaces else f"ns-{uuid.uuid4().hex[:6]}")
@@ -147,7 +148,9 @@ def _exercise(kube: KubeAPI, cluster: Cluster, registries: Registries, webhook: 
     client.SchedulingV1Api(kube.api_client).create_priority_class(
         {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "gpu-low"}, "value": 10})
     cluster.create_training("ranked", spec(registries, priorityClassName="gpu-low"))
-    cluster.job("ranked")
+    cluster.job("ranked")  # and no Pod comes: its Job's FailedCreate Events are read
+    wait_for(lambda: any(call[1] == "events" and call[3] == "list" for call in kube.emulator.verbs), timeout=20,
+             what="the Job's Events read")
     cluster.create_training("queued", spec(registries, suspend=True))
     cluster.job("queued")
     cluster.patch_training("queued", {"spec": {"suspend": False}})

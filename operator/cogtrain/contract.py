@@ -73,6 +73,7 @@ class Reason(StrEnum):
     JOB_MISSING = "JobMissing"
     JOB_LOST = "JobLost"
     JOB_REJECTED = "JobRejected"
+    POD_REFUSED = "PodRefused"
     SERVICE_ACCOUNT_MISSING = "ServiceAccountMissing"
     PRIORITY_CLASS_MISSING = "PriorityClassMissing"
     STARTING = "Starting"

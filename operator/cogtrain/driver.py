@@ -113,6 +113,7 @@ def health(model_url: str, timeout: float = 5.0) -> tuple[str | None, str]:
     return answer
 
 
+MAX_METRICS = 64  # keys of the model server's metrics kept at once (the status allows 64)
 MIN_SECRET = 4  # characters: a Secret value shorter than this is not redacted
 
 
@@ -439,8 +440,10 @@ class Inbox:
                 output = reader.value(output_budget, lambda budget: _OutputString(budget, new_file))
             else:  # the input (Secret values included), timestamps, ids: not needed
                 reader.skip()
-        if isinstance(metrics, dict):  # Cog sends all of them each time: replaced, never merged without bound
-            state.metrics = metrics
+        if isinstance(metrics, dict) and metrics:
+            # Merged (a webhook may carry only some of them), but never past MAX_METRICS keys.
+            merged = {**state.metrics, **metrics}
+            state.metrics = merged if len(merged) <= MAX_METRICS else dict(metrics)
         if isinstance(status, str) and status:
             state.status = status
         if status not in TERMINAL or state.done.is_set():  # an earlier output, or a repeated completion

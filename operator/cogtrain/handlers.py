@@ -588,6 +588,56 @@ def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwa
     _child_event(namespace, labels, memo, kwargs)
 
 
+# --- a Job that cannot make its Pod ------------------------------------------------------------
+
+
+def _waiting_for_pod(status: Mapping[str, Any], **_: Any) -> bool:
+    """Pending with a Job but no Pod yet: the only state in which the Job's Events are read."""
+    reconciling: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Reconciling"), {})
+    return bool(status.get("phase") == api.Phase.PENDING.value and status.get("jobName")
+                and reconciling.get("reason") in (Reason.JOB_CREATED, Reason.JOB_ADOPTED, Reason.POD_REFUSED))
+
+
+def _check_delay(memo: Any, **_: Any) -> float:
+    return _runtime(memo).settings.pod_refusal_check_seconds
+
+
+@kopf.timer(*TRAININGS, interval=30, initial_delay=_check_delay, when=_waiting_for_pod)
+def pod_refused(namespace: str | None, name: str | None, memo: Any, **_: Any) -> None:
+    """The API server may refuse the Job's Pod (a ResourceQuota, Pod Security, a policy engine): the Job
+    controller then only posts FailedCreate Events on the Job, and no Pod event ever comes. Only while a
+    Training waits for its Pod, its Job's Events are read and the refusal goes into the status."""
+    runtime = _runtime(memo)
+    ns = str(namespace)
+    training: dict[str, Any] = cast(dict[str, Any], runtime.custom.get_namespaced_custom_object(
+        *TRAININGS[:2], ns, TRAININGS[2], str(name), _request_timeout=runtime.request_timeout))
+    status = training.get("status") or {}
+    if not _waiting_for_pod(status):
+        return
+    events = runtime.core.list_namespaced_event(
+        ns, field_selector=f"involvedObject.kind=Job,involvedObject.name={status['jobName']},reason=FailedCreate",
+        _request_timeout=runtime.request_timeout,
+    ).items
+    if not events:
+        return
+    newest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""))
+    message = f"the Job cannot create the training Pod: {newest.message or 'FailedCreate'}"
+    meta = training["metadata"]
+    update = status_patch(api.Phase.PENDING, Reason.POD_REFUSED, message, meta.get("generation"),
+                          status.get("conditions") or [], runtime.now())
+    if [(c["type"], c["reason"], c["message"]) for c in update["conditions"]] == [
+            (c.get("type"), c.get("reason"), c.get("message")) for c in status.get("conditions") or []]:
+        return
+    body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
+    try:  # conditional: a Pod event that wrote a newer status in between wins
+        runtime.custom.patch_namespaced_custom_object_status(
+            *TRAININGS[:2], ns, TRAININGS[2], str(name), body, _request_timeout=runtime.request_timeout)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
 # --- admission and metrics ----------------------------------------------------------------------
 
 

@@ -36,6 +36,9 @@ class Settings(BaseModel):
     registry_timeout: float = 10.0
     termination_grace_seconds: int = 60
     setup_timeout_seconds: int = 1800
+    pod_refusal_check_seconds: float = Field(
+        default=15.0, description="How long a Job may show no Pod before its FailedCreate Events are read."
+    )
 
 
 ENVIRONMENT = {

@@ -33,10 +33,10 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get"]
-# kopf posts Events on the Trainings.
+# kopf posts Events on the Trainings; a Job that shows no Pod has its FailedCreate Events read.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- if not (include "cogtrain.clusterwide" .) }}
 # kopf's peering between instances in this namespace.
 - apiGroups: ["kopf.dev"]
