@@ -544,12 +544,12 @@ def test_a_training_whose_pod_is_refused_says_why(api: client.ApiClient, kubectl
     kubectl.apply(training_manifest("refused", images["hello-train"], {"param": "x"}, "pvc://trainings/x",
                                     resources={"gpus": 2}), "-n", quota)
     for namespace, words in ((restricted, 'violates PodSecurity "restricted'), (quota, "exceeded quota")):
-        wait_for(f"the Job's FailedCreate in {namespace}", lambda namespace=namespace: any(
-            e.reason == "FailedCreate" for e in events_of(api, namespace, jobs_of(api, namespace)[0].metadata.name)),
-            timeout=30)
+        wait_for(f"the Job's FailedCreate in {namespace}", lambda namespace=namespace: (
+            jobs := jobs_of(api, namespace)) and any(
+            e.reason == "FailedCreate" for e in events_of(api, namespace, jobs[0].metadata.name)), timeout=60)
         training = wait_for("the refusal in the status", lambda namespace=namespace, words=words: (
-            t := read_training(api, namespace, "refused")) and words in json.dumps(t.get("status") or {}) and t,
-            timeout=60)
+            t := read_training(api, namespace, "refused")) and words in condition(t, "Reconciling").get("message", "")
+            and t, timeout=60)
         assert condition(training, "Reconciling")["reason"] == "PodRefused"
         assert training["status"]["phase"] == "Pending"
 
