@@ -730,3 +730,26 @@ def test_a_sigterm_while_the_driver_starts_still_shuts_the_model_server_down(tmp
         server.shutdown()
     assert "POST /shutdown" in seen
     assert json.loads((tmp_path / "log").read_text())["reason"] == "Terminated"
+
+
+@pytest.mark.integration
+def test_an_upload_that_arrives_in_bursts_is_received_whole(tmp_path: Path) -> None:
+    """The receiver splices socket to file: a socket left non-blocking (by a Python timeout) made splice fail
+    with EAGAIN as soon as the sender paused, and the upload was cut (found by bench/driver_transfer.py)."""
+    import socket
+    import time
+
+    receiver = Receiver(tmp_path, "127.0.0.1:0", io.StringIO(), io.StringIO())
+    host, port = receiver.server.server_address[:2]
+    piece, pieces = b"w" * (1 << 20), 24
+    try:
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(f"PUT /upload/w.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {len(piece) * pieces}\r\n\r\n".encode())
+            for _ in range(pieces):
+                sock.sendall(piece)
+                time.sleep(0.01)  # the receiver catches up and finds the socket empty
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.0 201") or answer.startswith(b"HTTP/1.1 201"), answer[:100]
+        assert (tmp_path / "w.bin").stat().st_size == len(piece) * pieces
+    finally:
+        receiver.stop()

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -494,6 +495,10 @@ class Receiver(Inbox):
                 self.end_headers()
 
             def do_PUT(self) -> None:  # noqa: N802  (an output file: streamed to disk, never held whole)
+                # splice needs a blocking socket (Python's timeout makes it non-blocking: EAGAIN); the
+                # kernel's own receive timeout still bounds an upload that stalls.
+                self.connection.settimeout(None)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 30, 0))
                 name = safe_name(self.path.split("?", 1)[0])
                 path = receiver.upload_path(name)
                 started = time.monotonic()
