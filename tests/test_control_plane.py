@@ -123,7 +123,16 @@ def test_rbac_refuses_a_service_account_without_rights(api: client.ApiClient, cl
         "metadata": {"name": "nobody-reads-pods"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods"},
         "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}]})
-    wait_for("the RoleBinding to apply", lambda: as_nobody.list_namespaced_pod(namespace).items == [], timeout=10)
+    # The authorizer sees a new RoleBinding through its informer: until then the list is still refused.
+    def reads_pods() -> bool:
+        try:
+            return as_nobody.list_namespaced_pod(namespace).items == []
+        except client.ApiException as error:
+            if error.status != 403:
+                raise
+            return False
+
+    wait_for("the RoleBinding to apply", reads_pods, timeout=60)
     with pytest.raises(client.ApiException) as still:
         as_nobody.list_namespaced_secret(namespace)
     assert still.value.status == 403
