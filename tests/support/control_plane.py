@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cogtrain.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_K8S = ROOT / "scripts" / "build-k8s"
@@ -51,12 +52,6 @@ def k8s_binaries(timeout: float = 3600) -> Path:
     if missing:
         raise RuntimeError(f"{folder} lacks {', '.join(missing)}")
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- certificates -----------------------------------------------------------------------------------------------

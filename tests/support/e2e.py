@@ -37,6 +37,7 @@ import yaml
 from kubernetes import client
 
 from cogtrain import certs
+from cogtrain.local import free_port
 from support.chart import FULLNAME, NAMESPACE, operator_container, render_chart, service_account_name
 from support.control_plane import Cluster
 from support.paths import ROOT
@@ -65,12 +66,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- kubectl --------------------------------------------------------------------------------------------------
