@@ -460,7 +460,7 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             uid = (job.get("metadata") or {}).get("uid")
             owned = [pod for pod in pods if _owned_by(pod, uid)]  # a Pod that only wears the labels decides nothing
             observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
-            if observation.reason is Reason.DRIVER_RESULT_MISSING:
+            if observation.reason in (Reason.DRIVER_RESULT_MISSING, Reason.FAILED):  # a finished Job, no Pod in view
                 # A finished status is final: before concluding the report is missing, read the Pods
                 # themselves (kopf's Pod index may not have caught up with the Job's Complete event).
                 owned = [pod for pod in _read_pods(runtime, namespace, training_name) if _owned_by(pod, uid)]
