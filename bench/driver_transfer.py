@@ -35,21 +35,27 @@ Figures:
    Median of --starts. Target: within 0.5 s. "listening while waiting for the model" counts the
    starts where the answer came while the driver was still waiting for the model.
 
-Who is the bottleneck (cog 0.23.1, driver at commit a77eb1b, a 2-CPU ext4 VM; docs/driver.md):
-- at 1 GiB, the driver's file handling, not its sender and not its splice loop: the driver gets
-  35-50% of cp, the bare splice loop to a new file 65-90% (loopback TCP alone: more than cp).
-  Receiver.upload_path() creates the file (path.touch()) and do_PUT reopens it with "wb", i.e.
-  O_TRUNC of an existing (empty) file; ext4 (its auto_da_alloc default) then starts writeback of
-  the whole file inside close(), before the 201 answer (0.2-0.27 s per GiB here). The same driver
-  with touch() made a no-op measured 78-81% of cp, level with the bare loop.
+Method, and why (measured here, 2026-12-04): the four contenders of the reference series (driver, bare
+loop to a file, bare loop to /dev/null, cp) run in an order that rotates each round, because whichever ran
+first after the previous round's cp was up to a third slower, whoever it was (with a fixed order, the driver
+always ran there: 53-57% of cp against its bare loop's 85%). The PUT starts 1 s after the driver submitted
+the training, as train() runs before its output arrives, so the driver's own start-up (measured apart, in
+figure 4) does not overlap the transfer. VmHWM is polled every 50 ms (the kernel keeps the peak itself; a
+5 ms poll took CPU from the transfer on 2 cores).
+
+Who is the bottleneck (cog 0.23.1, a 2-CPU ext4 VM; docs/driver.md):
+- at 1 GiB, the kernel's socket -> pipe -> file path: the driver reaches its bare splice loop (91% vs 89%
+  of cp, 8 rotated runs); loopback TCP to /dev/null alone runs at more than twice cp.
 - at 4 GiB, dirty-page writeback: past vm.dirty_* limits cp and the driver are throttled alike
   (the "% of cp" there says more about the kernel's throttling than about the driver).
-- on the Cog path, once the driver is fixed, Cog's server: before its first byte it reads the
-  whole file into memory and copies it into a second buffer (peak RSS about twice the file), then
-  writes it from user space; train() returned -> file written stays under 20% of cp.
+- on the Cog path, Cog's server: before its first byte it reads the whole file into memory and copies
+  it into a second buffer (peak RSS about twice the file), then writes it from user space; train()
+  returned -> file written stays under 20% of cp.
+- earlier fixes in the driver: it created its file and reopened it with O_TRUNC, which made ext4
+  (auto_da_alloc) write the file back inside close() (36% of cp); it now creates it new ("xb").
 
 Run: .venv/bin/python bench/driver_transfer.py [--sizes-gib 1,4] [--cog-gib 1] [--runs 5] [--starts 7] [--dir DIR]
-(about 2 minutes on 2 CPUs; needs about 2.2x the largest size free on the work folder's filesystem.)
+(about 4 minutes on 2 CPUs; needs about 2.2x the largest size free on the work folder's filesystem.)
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
@@ -189,7 +196,7 @@ class PeakRss:
             if found is None:  # a zombie: it has exited, its memory is gone
                 return
             self.kib = max(self.kib, int(found.group(1)))
-            time.sleep(0.005)
+            time.sleep(0.05)  # VmHWM is the kernel's own peak: polling only has to outlive the process
 
     def mb(self, timeout: float = 300) -> float:
         """Wait for the process to exit (without reaping it); the peak in MB (10^6 bytes)."""
@@ -327,6 +334,7 @@ def reference_once(layout: Layout, source: Path) -> dict[str, float]:
         if not stub.submitted.wait(30):
             process.kill()
             raise RuntimeError(f"cogtrain drive never submitted the training: {err.read_text()[-2000:]}")
+        time.sleep(1.0)  # train() runs before its output arrives: the driver's start-up is over by then
         started = time.perf_counter()
         location = put_file(listen, "/upload/weights.bin", source)
         received = time.perf_counter() - started
@@ -487,17 +495,27 @@ def rss_row(name: str, gib: float, peaks: list[float]) -> Row:
 
 
 def reference_series(layout: Layout, source: Path, gib: float, runs: int) -> list[Row]:
-    """Alternating: the driver, the bare splice loop to a file and to /dev/null, cp; `runs` times."""
+    """The driver, the bare splice loop to a file and to /dev/null, and cp, `runs` times each, in an order
+    that rotates run for run: whichever runs first after a cp of the previous round is measurably slower
+    here (by up to a third, whoever it is), so each takes each place in turn."""
     size = int(gib * GIB)
     make_source(source, size)
     say(f"reference sender, {gib:g} GiB:")
-    results, to_file, to_null, copies = [], [], [], []
+    results: list[dict[str, float]] = []
+    to_file: list[float] = []
+    to_null: list[float] = []
+    copies: list[float] = []
+    contenders: list[Callable[[], None]] = [
+        lambda: results.append(reference_once(layout, source)),
+        lambda: to_file.append(bare_once(source, layout.scratch / "bare.bin")),
+        lambda: to_null.append(bare_once(source, Path(os.devnull))),
+        lambda: copies.append(cp_seconds(source, layout.scratch / "cp-target.bin")),
+    ]
     for index in range(runs):
-        result = reference_once(layout, source)
-        results.append(result)
-        to_file.append(bare_once(source, layout.scratch / "bare.bin"))
-        to_null.append(bare_once(source, Path(os.devnull)))
-        copies.append(cp_seconds(source, layout.scratch / "cp-target.bin"))
+        shift = index % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            contender()
+        result = results[-1]
         say(f"  run {index + 1}/{runs}: cogtrain drive {size / result['seconds'] / MIB:.0f} MiB/s to stored "
             f"({result['seconds']:.3f} s; PUT answered after {result['received']:.3f} s), peak RSS "
             f"{result['rss_mb']:.1f} MB | bare splice to file {size / to_file[-1] / MIB:.0f} MiB/s | "
@@ -583,12 +601,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes-gib", default="1,4", help="file sizes for the reference sender and RSS (GiB)")
     parser.add_argument("--cog-gib", default="1", help="file sizes for Cog's own upload (GiB; empty: skip)")
-    parser.add_argument("--runs", type=int, default=5, help="alternating runs per size, for each sender")
+    parser.add_argument("--runs", type=int, default=8, help="alternating runs per size, for each sender")
     parser.add_argument("--starts", type=int, default=7, help="starts of `cogtrain drive` for the ready figure")
     parser.add_argument("--dir", type=Path, default=None, help="work folder's parent (default: the temp dir)")
     args = parser.parse_args()
     sizes = [float(g) for g in args.sizes_gib.split(",") if g]
-    cog_sizes = [float(g) for g in args.cog_gib.split(",") if g]
+    cog_sizes = [float(g) for g in args.cog_gib.split(",") if g and float(g) > 0]
     work = Path(tempfile.mkdtemp(prefix="cogtrain-bench-", dir=args.dir)).resolve()
     layout = Layout(work)
     title = header(args, work)

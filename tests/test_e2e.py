@@ -48,6 +48,7 @@ from support.e2e import (
     wait_for,
     wait_phase,
 )
+from support.node_agent import HOST_IMAGE
 from support.paths import DRIVER_MODELS, EXAMPLES
 from support.registries import Registries
 
@@ -74,7 +75,8 @@ def kubectl(cluster: Cluster) -> Kubectl:
 def images(cluster: Cluster, registries: Registries) -> dict[str, str]:
     """The models as images in the anonymous test registry, each mapped to its folder on the node."""
     models = {"hello-train": EXAMPLES / "hello-train", "tiny-lm": EXAMPLES / "tiny-lm",
-              "fails": DRIVER_MODELS / "fails", "sleeps": DRIVER_MODELS / "sleeps"}
+              "fails": DRIVER_MODELS / "fails", "sleeps": DRIVER_MODELS / "sleeps",
+              "slow-setup": DRIVER_MODELS / "slow-setup"}
     return {name: push_model(cluster, registries.anonymous, name, folder) for name, folder in models.items()}
 
 
@@ -567,18 +569,20 @@ def _running_pod(api: client.ApiClient, namespace: str, name: str) -> str:
     return pod
 
 
-def _restarted_and_succeeded(api: client.ApiClient, namespace: str, name: str, first_pod: str, how: str) -> None:
-    training = wait_phase(api, namespace, name, "Succeeded", timeout=150)
+def _restarted_and_succeeded(api: client.ApiClient, namespace: str, name: str, first_pod: str, how: str,
+                             reason: str = "EvictionByEvictionAPI", timeout: float = 150) -> dict[str, Any]:
+    training = wait_phase(api, namespace, name, "Succeeded", timeout=timeout)
     status = training["status"]
     assert status["restarts"] == 1 and status["disruptions"][0]["pod"] == first_pod, status
-    assert status["disruptions"][0]["reason"] == "EvictionByEvictionAPI"
+    assert status["disruptions"][0]["reason"] == reason
     wait_for("the Restarted Event", lambda: [e.message for e in events_of(api, namespace, name)
                                              if e.reason == "Restarted"], timeout=15)
     restarted = [e.message for e in events_of(api, namespace, name) if e.reason == "Restarted"]
-    assert restarted == [f"Restarted: {how} from node {status['disruptions'][0]['node']} (EvictionByEvictionAPI)"]
+    assert restarted == [f"Restarted: {how} from node {status['disruptions'][0]['node']} ({reason})"]
     [job] = jobs_of(api, namespace, name)
     assert not any(c.type == "Failed" and c.status == "True" for c in job.status.conditions or [])
     assert pvc_path(api, namespace, status["weights"]).read_bytes() == b"slept"
+    return training
 
 
 def test_an_evicted_training_runs_again_instead_of_failing(api: client.ApiClient, kubectl: Kubectl,
@@ -606,6 +610,111 @@ def test_a_drained_node_restarts_its_trainings(api: client.ApiClient, kubectl: K
         kubectl.run("uncordon", node)
     _restarted_and_succeeded(api, namespace, "drained", pod, "evicted")
 
+
+
+def test_a_node_gone_not_ready_restarts_its_training(api: client.ApiClient, kubectl: Kubectl, cluster: Cluster,
+                                                     images: dict[str, str], namespace: str) -> None:
+    """The node stops reporting Ready: the node lifecycle controller taints it NoExecute, the taint eviction
+    controller deletes the Pod (DeletionByTaintManager) once the 5 s toleration the API server gave it ends
+    (docs/cluster.md), and the Job controller, told by podFailurePolicy to ignore it, makes a new Pod.
+    A second node keeps the zone from counting as fully disrupted (in which case the controller evicts
+    nothing, taking the outage for its own)."""
+    standby = cluster.add_node("standby")
+    try:
+        kubectl.apply(training_manifest("lost-node", images["sleeps"], {"seconds": 6}, "pvc://trainings/x"),
+                      "-n", namespace)
+        pod = _running_pod(api, namespace, "lost-node")
+        node_name = client.CoreV1Api(api).read_namespaced_pod(pod, namespace).spec.node_name
+        node = standby if node_name == "standby" else cluster.nodes[node_name]
+        node.set_ready(False)
+        try:
+            wait_for("Restarting", lambda: condition(read_training(api, namespace, "lost-node"), "Reconciling").get(
+                "reason") == "Restarting", timeout=90)
+        finally:
+            node.set_ready(True)  # a new Pod bound to this node's volume waits for it to come back
+        training = _restarted_and_succeeded(api, namespace, "lost-node", pod, "evicted by the node's taint",
+                                            "DeletionByTaintManager")
+        assert training["status"]["disruptions"][0]["node"] == node_name
+    finally:
+        cluster.stop_node("standby")
+
+
+def test_a_preempted_training_runs_again_after_the_higher_priority_pod(
+        api: client.ApiClient, kubectl: Kubectl, images: dict[str, str], namespace: str) -> None:
+    """A Pod of a higher PriorityClass needs every GPU of the node: the scheduler preempts the training's
+    Pod (PreemptionByScheduler); the training runs again once the GPUs are free."""
+    gpus = int(client.CoreV1Api(api).list_node().items[0].status.allocatable["nvidia.com/gpu"])
+    urgent = f"urgent-{namespace}"
+    kubectl.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": urgent},
+                   "value": 1000000, "description": "e2e: preempts trainings"})
+    try:
+        kubectl.apply(training_manifest("preempted", images["sleeps"], {"seconds": 6}, "pvc://trainings/x",
+                                        resources={"gpus": gpus}), "-n", namespace)
+        pod = _running_pod(api, namespace, "preempted")
+        kubectl.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "urgent"},
+                       "spec": {"priorityClassName": urgent, "restartPolicy": "Never",
+                                "terminationGracePeriodSeconds": 5,
+                                "containers": [{"name": "main", "image": HOST_IMAGE,
+                                                "command": ["python", "-c", "import time; time.sleep(3)"],
+                                                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}},
+                      "-n", namespace)
+        wait_for("the urgent Pod to finish", lambda: client.CoreV1Api(api).read_namespaced_pod(
+            "urgent", namespace).status.phase == "Succeeded", timeout=120)
+        _restarted_and_succeeded(api, namespace, "preempted", pod, "preempted", "PreemptionByScheduler")
+    finally:
+        kubectl.run("delete", "priorityclass", urgent, "--ignore-not-found", check=False)
+
+
+def test_a_job_its_queue_suspends_while_running_runs_again(api: client.ApiClient, kubectl: Kubectl,
+                                                           images: dict[str, str], namespace: str) -> None:
+    """A Kueue eviction, made as Kueue makes it: the Job's spec.suspend set true while it runs (the Job
+    controller deletes its Pod), then false when the workload is admitted again. Kueue itself does not run
+    here; what the operator sees of it, the Job and its Pods on the real Job controller, is the same."""
+    kubectl.apply(training_manifest("requeued", images["sleeps"], {"seconds": 6}, "pvc://trainings/x"),
+                  "-n", namespace)
+    pod = _running_pod(api, namespace, "requeued")
+    [job] = jobs_of(api, namespace, "requeued")
+    batch = client.BatchV1Api(api)
+    batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": True}})
+    wait_for("Restarting", lambda: condition(read_training(api, namespace, "requeued"), "Reconciling").get(
+        "reason") in ("Suspended", "Restarting"), timeout=60)
+    wait_for("the Pod to go", lambda: not pods_of(api, namespace, "requeued"), timeout=75)
+    batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": False}})
+    training = wait_phase(api, namespace, "requeued", "Succeeded", timeout=150)
+    status = training["status"]
+    assert status["restarts"] == 1 and status["disruptions"][0]["reason"] == "SuspendedByQueue", status
+    assert not training["spec"].get("suspend")
+    wait_for("the Restarted Event", lambda: [e.message for e in events_of(api, namespace, "requeued")
+                                             if e.reason == "Restarted"] == ["Restarted: suspended by its queue"],
+             timeout=15)
+    assert pvc_path(api, namespace, status["weights"]).read_bytes() == b"slept"
+    assert pod not in {p.metadata.name for p in pods_of(api, namespace, "requeued")}
+
+
+def test_cancel_and_delete_during_setup_stop_the_training_for_good(api: client.ApiClient, kubectl: Kubectl,
+                                                                   images: dict[str, str], namespace: str) -> None:
+    """A cancel while Cog still loads the model (setup) is a cancel, not a disruption: no restart."""
+    names = ("canceled-in-setup", "deleted-in-setup")
+    kubectl.apply([training_manifest(name, images["slow-setup"], {"seconds": 1}, "pvc://trainings/x")
+                   for name in names], "-n", namespace)
+    pods = {}
+    for name in names:
+        wait_phase(api, namespace, name, "Running", timeout=90)
+        pods[name] = pods_of(api, namespace, name)[0].metadata.name
+        wait_for(f"{name}'s setup to start", lambda name=name: "loading base model" in model_log(
+            api, namespace, pods[name]), timeout=60)
+    patch(kubectl, namespace, "canceled-in-setup", {"cancel": True})
+    kubectl.run("delete", "training", "deleted-in-setup", "-n", namespace, "--wait=false")
+    training = wait_phase(api, namespace, "canceled-in-setup", "Canceled", timeout=30)
+    assert condition(training, "Ready")["reason"] == "Canceled"
+    wait_for("the deleted Training to go", lambda: "deleted-in-setup" not in kubectl.run(
+        "get", "trainings", "-n", namespace, "-o", "name").stdout, 30)
+    for name in names:
+        wait_for(f"the Job of {name} to go", lambda name=name: not jobs_of(api, namespace, name), timeout=30)
+        wait_for(f"the Pod of {name} to go", lambda name=name: not pods_of(api, namespace, name), timeout=75)
+    status = read_training(api, namespace, "canceled-in-setup")["status"]
+    assert status["phase"] == "Canceled" and not status.get("restarts"), status
+    assert not [e for e in events_of(api, namespace, "canceled-in-setup") if e.reason == "Restarted"]
 
 
 def test_the_operator_made_no_call_its_rbac_refused(operator: OperatorProcess) -> None:

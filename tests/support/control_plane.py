@@ -375,6 +375,9 @@ class ControlPlane:
             f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--profiling=false",
+            # Pods tolerate a NotReady or unreachable node for 5 s, not the default 300 s
+            # (DefaultTolerationSeconds): the tests see the taint eviction of a lost node in seconds.
+            "--default-not-ready-toleration-seconds=5", "--default-unreachable-toleration-seconds=5",
             *self.extra_apiserver_args,
         ], self.logs)
         self.processes.append(apiserver)
