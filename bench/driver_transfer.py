@@ -35,13 +35,12 @@ Figures:
    Median of --starts. Target: within 0.5 s. "listening while waiting for the model" counts the
    starts where the answer came while the driver was still waiting for the model.
 
-Method, and why (measured here, 2026-12-04): the four contenders of the reference series (driver, bare
-loop to a file, bare loop to /dev/null, cp) run in an order that rotates each round, because whichever ran
-first after the previous round's cp was up to a third slower, whoever it was (with a fixed order, the driver
-always ran there: 53-57% of cp against its bare loop's 85%). The PUT starts 1 s after the driver submitted
-the training, as train() runs before its output arrives, so the driver's own start-up (measured apart, in
-figure 4) does not overlap the transfer. VmHWM is polled every 50 ms (the kernel keeps the peak itself; a
-5 ms poll took CPU from the transfer on 2 cores).
+Method: the four contenders of the reference series (driver, bare loop to a file, bare loop to /dev/null,
+cp) run in an order that rotates each round, so none always runs right after another's dirty pages; the PUT
+starts 1 s after the driver submitted the training, as train() runs before its output arrives (the driver's
+start-up is figure 4); VmHWM is polled every 50 ms (the kernel keeps the peak itself). A review measured each
+of these as making no difference beyond noise: what moves the ratio is load on the machine, for the driver
+and the bare loop alike (at load 3-4: 67% and 62% of cp; quiet: 84-99%).
 
 Who is the bottleneck (cog 0.23.1, a 2-CPU ext4 VM; docs/driver.md):
 - at 1 GiB, the kernel's socket -> pipe -> file path: the driver reaches its bare splice loop (91% vs 89%

@@ -753,3 +753,73 @@ def test_an_upload_that_arrives_in_bursts_is_received_whole(tmp_path: Path) -> N
         assert (tmp_path / "w.bin").stat().st_size == len(piece) * pieces
     finally:
         receiver.stop()
+
+
+def _raw_request(port: int, head: str, parts: tuple[bytes | float, ...], timeout: float = 20) -> bytes:
+    """Send a request as written (with pauses where `parts` has seconds), half-close, read the whole answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        for part in parts:
+            if isinstance(part, float):
+                time.sleep(part)
+            else:
+                sock.sendall(part)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+_PUT = "PUT /upload/w.bin HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("headers", "parts", "status", "stored"), [
+    ("Content-Length: 5\r\n", (b"hello",), 201, b"hello"),
+    ("Transfer-Encoding: chunked\r\n", (b"5\r\nhello\r\n0\r\n\r\n",), 201, b"hello"),
+    ("Transfer-Encoding: chunked\r\n", (b"5;ext=1\r\nhel", 0.2, b"lo\r\n3\r\n!!!\r\n0\r\nX-T: 1\r\n\r\n"), 201,
+     b"hello!!!"),
+    # cut short: never a smaller file with a 201
+    ("Content-Length: 100\r\n", (b"0123456789",), 500, None),
+    ("Transfer-Encoding: chunked\r\n", (b"5\r\nhello\r\n",), 500, None),  # no last chunk
+    ("Transfer-Encoding: chunked\r\n", (b"100\r\nhello",), 500, None),  # inside a chunk
+    ("Transfer-Encoding: chunked\r\n", (b"5\r\nhello\r\n", 2.5), 500, None),  # stalls past the idle timeout
+    ("Transfer-Encoding: chunked\r\n", (b"zz\r\nhello\r\n0\r\n\r\n",), 500, None),
+    ("Transfer-Encoding: chunked\r\n", (b"3\r\nhello\r\n0\r\n\r\n",), 500, None),  # longer than its size
+    # a length that cannot be known: refused before a file exists
+    ("Content-Length: abc\r\n", (b"hello",), 400, None),
+    ("Content-Length: -5\r\n", (b"hello",), 400, None),
+    ("Content-Length: 5\r\nContent-Length: 100\r\n", (b"hello",), 400, None),
+    ("", (b"hello",), 411, None),
+    ("Transfer-Encoding: gzip, chunked\r\n", (b"5\r\nhello\r\n0\r\n\r\n",), 501, None),
+])
+def test_an_upload_is_stored_only_when_its_body_is_whole(tmp_path: Path, headers: str,
+                                                         parts: tuple[bytes | float, ...], status: int,
+                                                         stored: bytes | None) -> None:
+    notices = io.StringIO()
+    receiver = Receiver(tmp_path, "127.0.0.1:0", io.StringIO(), notices, idle_timeout=1)
+    try:
+        answer = _raw_request(receiver.server.server_address[1], _PUT.format(headers), parts)
+    finally:
+        receiver.stop()
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == str(status).encode(), (answer[:200], notices.getvalue())
+    assert [p.read_bytes() for p in tmp_path.iterdir()] == ([stored] if stored is not None else [])
+    assert receiver.state.uploads == ({"w.bin": tmp_path / "w.bin"} if stored is not None else {})
+
+
+@pytest.mark.integration
+def test_a_webhook_cut_short_is_ignored_and_answered_400(tmp_path: Path) -> None:
+    notices = io.StringIO()
+    receiver = Receiver(tmp_path, "127.0.0.1:0", io.StringIO(), notices, idle_timeout=1)
+    body = b'{"status": "succeeded", "output": "weig'
+    try:
+        answer = _raw_request(receiver.server.server_address[1],
+                              f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) + 50}\r\n\r\n",
+                              (body,))
+    finally:
+        receiver.stop()
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:200]
+    assert "could not be read" in notices.getvalue() and not receiver.state.done.is_set()

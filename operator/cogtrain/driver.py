@@ -474,22 +474,30 @@ class Receiver(Inbox):
     """The driver's HTTP side: the Inbox served on `listen` (the webhook URL and Cog's --upload-url)."""
 
     def __init__(self, scratch: Path, listen: str, log: TextIO, notices: TextIO = sys.stderr,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, idle_timeout: int = 30) -> None:
         super().__init__(scratch, log, notices, redactor)
         host, _, port = listen.rpartition(":")
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = 30  # a request that stalls mid-body gives up its connection (and the webhook lock)
+            timeout = idle_timeout  # a request that stalls mid-body gives up its connection (and the webhook lock)
 
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802  (webhook)
-                body = _body(self)
+                try:
+                    body = _body(self)
+                except _BadFraming as refused:
+                    self.send_error(refused.code, refused.message)
+                    return
                 receiver.webhook(body.read)
-                while body.read(_CHUNK):  # what the reader left (it stops at the end of the JSON, or an error)
-                    pass
+                try:
+                    while body.read(_CHUNK):  # what the reader left (it stops at the end of the JSON, or an error)
+                        pass
+                except (OSError, ValueError) as error:
+                    self.send_error(400, str(error)[:200])
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -498,7 +506,13 @@ class Receiver(Inbox):
                 # splice needs a blocking socket (Python's timeout makes it non-blocking: EAGAIN); the
                 # kernel's own receive timeout still bounds an upload that stalls.
                 self.connection.settimeout(None)
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 30, 0))
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", idle_timeout, 0))
+                try:
+                    chunked, length = _framing(self)
+                except _BadFraming as refused:
+                    receiver.notice(f"refused an upload: {refused.message}")
+                    self.send_error(refused.code, refused.message)
+                    return
                 name = safe_name(self.path.split("?", 1)[0])
                 path = receiver.upload_path(name)
                 started = time.monotonic()
@@ -506,11 +520,13 @@ class Receiver(Inbox):
                     # A new file ("x"): reopening an existing one with truncation makes ext4 flush the
                     # whole file to disk on close (auto_da_alloc), a third of the receive rate.
                     with path.open("xb") as out:
-                        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                        if chunked:
                             shutil.copyfileobj(_Chunked(self.rfile), out, _CHUNK)
                         else:
-                            _receive(self.rfile, self.connection, out, _length(self))
+                            _receive(self.rfile, self.connection, out, length)
                         size = out.tell()
+                    if not chunked and size != length:
+                        raise ConnectionError(f"the upload ended early: {size} of {length} bytes")
                 except (OSError, ValueError) as error:
                     receiver.forget_upload(path)
                     receiver.notice(f"the upload of {path.name} failed: {error}")
@@ -540,49 +556,76 @@ class Receiver(Inbox):
         self.server.server_close()
 
 
-def _length(handler: BaseHTTPRequestHandler) -> int:
-    try:
-        return max(0, int(handler.headers.get("Content-Length") or 0))
-    except ValueError:
-        return 0
+class _BadFraming(Exception):
+    """A request body whose length cannot be known for sure (RFC 9112, section 6): refused, never guessed."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _framing(handler: BaseHTTPRequestHandler) -> tuple[bool, int]:
+    """(chunked, Content-Length) of the request's body. A file cut short must never be stored as whole,
+    so a body of unknown length is refused: a Transfer-Encoding other than chunked (501), no length at
+    all (411), a Content-Length that is not one non-negative number (400)."""
+    encodings = handler.headers.get_all("Transfer-Encoding") or []
+    if encodings:
+        codings = [c.strip().lower() for value in encodings for c in value.split(",") if c.strip()]
+        if codings != ["chunked"]:
+            raise _BadFraming(501, f"Transfer-Encoding {', '.join(codings)[:100]!r} is not supported: only chunked")
+        return True, 0
+    values = {v.strip() for value in handler.headers.get_all("Content-Length") or [] for v in value.split(",")}
+    if not values:
+        raise _BadFraming(411, "a Content-Length or Transfer-Encoding: chunked is required")
+    if len(values) != 1 or not re.fullmatch(r"[0-9]{1,19}", next(iter(values))):
+        raise _BadFraming(400, f"Content-Length {', '.join(sorted(values))[:100]!r} is not one non-negative number")
+    return False, int(values.pop())
 
 
 def _body(handler: BaseHTTPRequestHandler) -> _Limited | _Chunked:
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        return _Chunked(handler.rfile)
-    return _Limited(handler.rfile, _length(handler))
+    chunked, length = _framing(handler)
+    return _Chunked(handler.rfile) if chunked else _Limited(handler.rfile, length)
 
 
 class _Chunked:
-    """The body of a request sent with chunked transfer encoding."""
+    """The body of a request sent with chunked transfer encoding. The stream ending (or stalling past the
+    socket's timeout) before the last, empty chunk is an error: a cut upload is not a smaller file."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self.left = 0
         self.ended = False
 
+    def _line(self) -> bytes:
+        line: bytes = self.stream.readline(1024) or b""
+        if not line.endswith(b"\n"):
+            raise (ValueError("a malformed chunked body: a line too long") if len(line) >= 1024
+                   else ConnectionError("the upload ended early (before its last chunk)"))
+        return line
+
     def read(self, n: int = -1) -> bytes:
         if self.ended:
             return b""
         if not self.left:
-            line = self.stream.readline(1024)
-            try:
-                self.left = int(line.split(b";")[0].strip() or b"0", 16)
-            except ValueError:
+            size = self._line().split(b";")[0].strip()
+            if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size):
                 self.ended = True
-                raise ValueError("a malformed chunked body") from None
+                raise ValueError("a malformed chunked body")
+            self.left = int(size, 16)
             if not self.left:
-                while self.stream.readline(1024).strip():  # trailers, to the empty line
-                    pass
+                for _ in range(64):  # trailers, to the empty line
+                    if not self._line().strip():
+                        break
+                else:
+                    raise ValueError("a malformed chunked body: too many trailers")
                 self.ended = True
                 return b""
-        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left))
+        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left)) or b""
         if not data:
-            self.ended = True
-            return b""
+            raise ConnectionError("the upload ended early (inside a chunk)")
         self.left -= len(data)
-        if not self.left:
-            self.stream.readline(1024)  # the chunk's CRLF
+        if not self.left and self._line().strip():
+            raise ValueError("a malformed chunked body: a chunk longer than its size")
         return data
 
 
@@ -622,8 +665,10 @@ class _Limited:
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
             return b""
-        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left))
-        self.left = self.left - len(data) if data else 0
+        data: bytes = self.stream.read(self.left if n < 0 else min(n, self.left)) or b""
+        if not data:
+            raise ConnectionError(f"the body ended early: {self.left} bytes missing")
+        self.left -= len(data)
         return data
 
 
