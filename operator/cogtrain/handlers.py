@@ -2,8 +2,9 @@
 
 - A Training is reconciled on creation and when the operator starts (resume): its model's schema
   is resolved, its inputs validated, and its Job created (or adopted, after a restart).
-- Jobs and Pods labelled for a Training are indexed; every change to them recomputes the
-  Training's status through the status subresource.
+- Jobs and Pods labelled for a Training are kept, slim, in the operator's own view (`view`); every
+  change to them recomputes the Training's status through the status subresource, except for a
+  finished Training (its status is final) and during the first listing (resume reads afresh).
 - `spec.cancel` deletes the Job and marks the Training Canceled; `spec.suspend` is passed on.
 - The validating webhook answers with `admission`'s decisions; every Training event feeds `metrics`.
 Deleting a Training deletes its Job through the ownerReference (no finalizer).
@@ -44,6 +45,7 @@ from .status import (
     status_patch,
 )
 from .validation import model_problems, summarize
+from .view import JOB, TRAINING, Event, Key, Kind, View, child_key, slim, training_key
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -85,6 +87,7 @@ class Runtime(ApiClients):
     webhook_config: webhook.WebhookConfig | None = None
     metrics_port: int | None = None
     lookups: webhook.BoundedLookup = field(init=False)  # the webhook's schema lookups, bounded in time
+    view: View = field(default_factory=View)  # the Trainings, Jobs and Pods as the watches last showed them
 
     @classmethod
     def create(cls, settings: Settings, api_client: client.ApiClient, **options: Any) -> Runtime:
@@ -106,6 +109,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts;
     the admission webhook's server and TLS; the metrics endpoint."""
     runtime = _runtime(memo)
+    runtime.view = View()  # this run's view: nothing carried over from an earlier run in the same process
     settings.admission.server = webhook.server(runtime.webhook_config, runtime.api_client)
     metrics.watch_resolver(lambda: runtime.resolver.stats)
     if runtime.metrics_port is not None:
@@ -135,19 +139,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a cluster, the service account; elsewhere KUBECONFIG or ~/.kube/config, as kubectl does."""
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
-# --- indexes of the Jobs and Pods the operator made ---------------------------------------------
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def training_jobs(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels.get(LABEL_TRAINING)): dict(body)}
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-def training_pods(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels.get(LABEL_TRAINING)): dict(body)}
 
 
 # --- reconciling a Training -----------------------------------------------------------------
@@ -243,9 +234,16 @@ def _announce(body: Mapping[str, Any], before: str | None, after: Mapping[str, A
         kopf.info(target, reason=Reason(str(phase)), message=message)
 
 
-@kopf.on.resume(*TRAININGS)
-@kopf.on.create(*TRAININGS)
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    """Not Succeeded, Failed or Canceled. A finished Training is final: kopf runs no handler for it and,
+    with none to run, writes nothing to it (no progress, no annotation), also when the operator starts."""
+    return status.get("phase") not in FINISHED
+
+
+@kopf.on.resume(*TRAININGS, when=_unfinished)
+@kopf.on.create(*TRAININGS, when=_unfinished)
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, reason: str | None = None,
+              **_: Any) -> None:
     """Validate the Training against its model and create its Job, or adopt the Job it already has."""
     runtime = _runtime(memo)
     status = body.get("status") or {}
@@ -261,7 +259,10 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
         _cancel(runtime, body, patch)
         return
 
-    existing = _read_job(runtime, namespace, job_name(training))
+    # A first attempt at a new Training creates its Job without reading it first: a Job already there
+    # (made by an attempt that was cut short) answers the create with 409 and is adopted below.
+    fresh = reason == kopf.Reason.CREATE and retry == 0 and not status.get("jobName")
+    existing = None if fresh else _read_job(runtime, namespace, job_name(training))
     if existing is not None and _owned_by(existing, training.metadata.uid):
         _adopt(runtime, body, training, existing)
         return
@@ -339,17 +340,17 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, *
 
 
 def _record_job(runtime: Runtime, training: api.Training, fields: dict[str, Any]) -> None:
-    """Write the jobName (and what goes with it) at once, then catch up with the Job and its Pods.
+    """Write the jobName (and what goes with it) at once.
 
     Job and Pod events are ignored until the status names the Job; written here rather than in
-    kopf's patch (applied only after the handler), and followed by one sync from fresh reads,
-    no event that came in between is lost.
+    kopf's patch (applied only after the handler), no event that came in between is lost: the
+    Training's own watch event for this write compares the status with the operator's view of the
+    Job and Pods (`training_behind`), and brings it up to date when they have moved on.
     """
     namespace, name = training.metadata.namespace or "default", training.metadata.name or ""
     runtime.custom.patch_namespaced_custom_object_status(
         *TRAININGS[:2], namespace, TRAININGS[2], name, {"status": fields}, _request_timeout=runtime.request_timeout
     )
-    sync_status(runtime, namespace, name, _reader(runtime, namespace, name, fields["jobName"]))
 
 
 def _adopt(
@@ -400,12 +401,17 @@ def cancel(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
     _cancel(_runtime(memo), body, patch)
 
 
-@kopf.on.field(*TRAININGS, field="spec.suspend")
-def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
-    """spec.suspend is passed on to the Job (Kueue suspends and resumes Jobs the same way)."""
+def _not_creation(reason: str | None = None, **_: Any) -> bool:
+    return reason != kopf.Reason.CREATE
+
+
+@kopf.on.field(*TRAININGS, field="spec.suspend", when=_not_creation)
+def suspend(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    """spec.suspend is passed on to the Job (Kueue suspends and resumes Jobs the same way). On creation
+    (`old` None) there is nothing to pass: `build_job` gave the Job the Training's spec.suspend."""
     runtime = _runtime(memo)
     name = (body.get("status") or {}).get("jobName")
-    if not name or (body.get("status") or {}).get("phase") in FINISHED:
+    if old is None or not name or (body.get("status") or {}).get("phase") in FINISHED:
         return
     try:
         runtime.batch.patch_namespaced_job(
@@ -422,19 +428,22 @@ def suspend(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
 Children = Callable[[], tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]]
 
 
-def sync_status(runtime: Runtime, namespace: str, training_name: str | None, children: Children) -> None:
+def sync_status(runtime: Runtime, namespace: str, training_name: str | None, children: Children,
+                known: Mapping[str, Any] | None = None) -> None:
     """Recompute one Training's status from its Job and Pods and write it if it changed.
 
     `children()` gives the Jobs and Pods, and is called after each read of the Training: a view of
     them taken before that read could be older than a status another writer already based on a
     newer one. The write is conditional on the resourceVersion read, so two writers at once can
-    never put an older view over a newer one; on a conflict everything is read again.
+    never put an older view over a newer one; on a conflict everything is read again. `known` is
+    the Training as its watch last showed it, used instead of a first read: when it is behind, the
+    conditional write is refused and the Training is read.
     """
     if not training_name:
         return
-    for _ in range(5):
+    for attempt in range(5):
         try:
-            training: dict[str, Any] = cast(
+            training: dict[str, Any] = dict(known) if known is not None and attempt == 0 else cast(
                 dict[str, Any],
                 runtime.custom.get_namespaced_custom_object(
                     *TRAININGS[:2], namespace, TRAININGS[2], training_name, _request_timeout=runtime.request_timeout
@@ -475,6 +484,8 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
                 *TRAININGS[:2], namespace, TRAININGS[2], training_name, body, _request_timeout=runtime.request_timeout
             )
         except ApiException as error:
+            if error.status in (404, 409) and known is not None and attempt == 0:
+                continue  # the watch was behind: read the Training and recompute
             if error.status == 409:
                 continue  # someone wrote in between: read again and recompute
             raise
@@ -543,21 +554,17 @@ def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:
     return read
 
 
-def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, indexes: Mapping[str, Any],
-                 finished_job: Mapping[str, Any] | None = None) -> None:
-    """Recompute the Training's status; kopf never retries event handlers, so transient API errors are
-    retried here (a few times, with backoff) rather than leaving a Training behind its Job."""
-    key = (namespace, labels.get(LABEL_TRAINING))
-    jobs: kopf.Index[Any, Any] = indexes["training_jobs"]
-    pods: kopf.Index[Any, Any] = indexes["training_pods"]
+def _child_event(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] | None = None) -> None:
+    """Recompute the Training's status from the view; kopf never retries event handlers, so transient API
+    errors are retried here (a few times, with backoff) rather than leaving a Training behind its Job."""
 
     def children() -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        found = list(jobs.get(key, []))
-        return (found or ([finished_job] if finished_job else [])), list(pods.get(key, []))
+        jobs, pods = runtime.view.children(key)
+        return (list(jobs) or ([finished_job] if finished_job else [])), list(pods)
 
     for attempt in range(4):
         try:
-            sync_status(_runtime(memo), str(namespace), key[1], children)
+            sync_status(runtime, key[0], key[1], children, runtime.view.training(key))
             return
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
             if isinstance(error, ApiException) and error.status is not None and error.status < 500 and (
@@ -574,18 +581,74 @@ def _finished(job: Mapping[str, Any]) -> bool:
                for c in (job.get("status") or {}).get("conditions") or [])
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(namespace: str | None, labels: Mapping[str, str], memo: Any, body: kopf.Body, type: str | None,  # noqa: A002
-              **kwargs: Any) -> None:
+def _deleted_finished_job(body: Mapping[str, Any], type: str | None) -> dict[str, Any] | None:  # noqa: A002
     # A finished Job deleted at once (ttlSecondsAfterFinished: 0) is observed as it last was, so a
     # status write that failed on its last change is made good here instead of reading as JobLost.
-    deleted = dict(body) if type == "DELETED" and _finished(body) else None
-    _child_event(namespace, labels, memo, kwargs, deleted)
+    return slim(dict(body), JOB) if type == "DELETED" and _finished(body) else None
+
+
+def _behind(runtime: Runtime, key: Key, training: Mapping[str, Any], finished_job: Mapping[str, Any] | None,
+            no_job: bool, event: Event | None = None) -> bool:
+    """Whether the view of the Job and Pods, with `event` in it, calls for a status write (pure: in the event
+    loop). `no_job`: the answer when the view holds no Job of the Training (only a fresh read can tell then)."""
+    status, spec = training.get("status") or {}, training.get("spec") or {}
+    jobs, pods = runtime.view.children(key, event)
+    uid = (training.get("metadata") or {}).get("uid")
+    job = next((j for j in jobs if _owned_by(j, uid)), None) or finished_job
+    if job is None:
+        return no_job
+    owned = [pod for pod in pods if _owned_by(pod, (job.get("metadata") or {}).get("uid"))]
+    observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
+    if observation.reason in (Reason.DRIVER_RESULT_MISSING, Reason.FAILED):
+        return True  # sync_status reads the Pods afresh before deciding
+    return advance(status, observation, (training.get("metadata") or {}).get("generation"), runtime.now(),
+                   disruptions_of(owned), int(spec.get("maxRestarts", 3)), bool(spec.get("suspend"))) is not None
+
+
+def _child_behind(kind: Kind, body: kopf.Body, type: str | None, memo: Any) -> bool:  # noqa: A002  (kopf's name)
+    """Whether a Job's or Pod's event calls for a status write: never for a finished Training; at the first
+    listing, not for a Training not seen yet (its resume reads everything afresh); otherwise when the view,
+    this event included, differs from the status the Training's watch last showed."""
+    runtime = _runtime(memo)
+    key = child_key(body)
+    if runtime.view.finished(key):
+        return False
+    training = runtime.view.training(key)
+    if training is None:
+        return type is not None  # not seen yet: read it (sync_status), except at the first listing
+    if not (training.get("status") or {}).get("jobName"):
+        return False  # ignored until the status names the Job; the Training's event for that write checks
+    return _behind(runtime, key, training, _deleted_finished_job(body, type), no_job=True, event=(kind, type, body))
+
+
+def _job_behind(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> bool:  # noqa: A002
+    return _child_behind("jobs", body, type, memo)
+
+
+def _pod_behind(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> bool:  # noqa: A002
+    return _child_behind("pods", body, type, memo)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_seen(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:  # noqa: A002
+    """The view follows the Job (async: in the event loop, before `job_event` runs for the same event)."""
+    _runtime(memo).view.child_seen("jobs", type, body)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
-    _child_event(namespace, labels, memo, kwargs)
+async def pod_seen(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:  # noqa: A002
+    """The view follows the Pod (async: in the event loop, before `pod_event` runs for the same event)."""
+    _runtime(memo).view.child_seen("pods", type, body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_behind)
+def job_event(memo: Any, body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002
+    _child_event(_runtime(memo), child_key(body), _deleted_finished_job(body, type))
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, when=_pod_behind)
+def pod_event(memo: Any, body: kopf.Body, **_: Any) -> None:
+    _child_event(_runtime(memo), child_key(body))
 
 
 # --- a Job that cannot make its Pod ------------------------------------------------------------
@@ -671,11 +734,31 @@ def admit(
 
 
 @kopf.on.event(*TRAININGS)
-async def track(body: kopf.Body, type: str | None, uid: str | None, **_: Any) -> None:  # noqa: A002  (kopf's name)
-    """Trainings by phase, and their transitions, for the metrics endpoint (async: too small for a thread)."""
+async def track(body: kopf.Body, type: str | None, uid: str | None, memo: Any, **_: Any) -> None:  # noqa: A002
+    """The view follows the Training; Trainings by phase, and their transitions, for the metrics endpoint
+    (async: too small for a thread; before `training_behind` runs for the same event)."""
+    _runtime(memo).view.training_seen(type, body)
     if uid is None:
         return
     if type == "DELETED":
         metrics.TRAININGS.forget(uid)
     else:
         metrics.TRAININGS.observe(uid, body)
+
+
+def _training_behind(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> bool:  # noqa: A002  (kopf's name)
+    """Whether the Training's status, as this event shows it, is behind the view of its Job and Pods: after
+    the write of its jobName (events that came before it were ignored), or when an event of its Job or Pod
+    was checked against an older status than the one written since."""
+    status = body.get("status") or {}
+    if type == "DELETED" or status.get("phase") in FINISHED or not status.get("jobName"):
+        return False
+    runtime = _runtime(memo)
+    key = training_key(body)
+    return _behind(runtime, key, slim(dict(body), TRAINING), None, no_job=False)
+
+
+@kopf.on.event(*TRAININGS, when=_training_behind)
+def training_behind(memo: Any, body: kopf.Body, **_: Any) -> None:
+    runtime = _runtime(memo)
+    _child_event(runtime, training_key(body))
