@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cogtrain.status import disruptions_of, observe
-from cogtrain.view import JOB, POD, TRAINING, View, child_key, slim
+from cogtrain.view import JOB, POD, TRAINING, Coalescer, Schedule, View, child_key, slim
 
 pytestmark = pytest.mark.unit
 
@@ -161,3 +161,34 @@ def test_readers_keep_what_they_were_given() -> None:
     view.child_seen("jobs", "DELETED", job())
     assert jobs[0]["status"].get("conditions") is None, "an earlier answer is not changed under its reader"
     assert child_key(job()) == ("ml", "t")
+
+
+# (calls in order: "enter" or "leave" or "force", with what each returns)
+@pytest.mark.parametrize("calls", [
+    pytest.param([("enter", True), ("leave", True), ("enter", True)], id="alone"),
+    pytest.param([("enter", True), ("enter", False), ("enter", False), ("leave", False), ("leave", True)],
+                 id="requests-while-working-make-one-more-round"),
+    pytest.param([("enter", True), ("enter", False), ("force", True), ("enter", True)], id="an-error-lets-go"),
+])
+def test_coalescer(calls: list[tuple[str, bool]]) -> None:
+    coalescer = Coalescer()
+    key = ("ml", "t")
+    for call, expected in calls:
+        got = coalescer.enter(key) if call == "enter" else coalescer.leave(key, force=call == "force")
+        assert got == expected, call
+    assert coalescer.enter(("ml", "other")), "keys are independent"
+
+
+A, B = ("ml", "a"), ("ml", "b")
+
+
+# (time, the keys waiting then, the keys due) in order; delay 15 s, interval 30 s
+@pytest.mark.parametrize("steps", [
+    pytest.param([(0, [A], []), (14, [A], []), (15, [A], [A]), (20, [A], []), (45, [A], [A])], id="delay-then-interval"),
+    pytest.param([(0, [A], []), (10, [], []), (16, [A], []), (31, [A], [A])], id="stops-waiting-starts-afresh"),
+    pytest.param([(0, [A], []), (5, [A, B], []), (15, [A, B], [A]), (20, [A, B], [B])], id="each-its-own-clock"),
+])
+def test_schedule(steps: list[tuple[float, list[tuple[str, str]], list[tuple[str, str]]]]) -> None:
+    schedule = Schedule(15, 30)
+    for now, waiting, due in steps:
+        assert schedule.due(now, waiting) == due, now

@@ -12,6 +12,8 @@ Deleting a Training deletes its Job through the ownerReference (no finalizer).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -45,7 +47,7 @@ from .status import (
     status_patch,
 )
 from .validation import model_problems, summarize
-from .view import JOB, TRAINING, Event, Key, Kind, View, child_key, slim, training_key
+from .view import JOB, TRAINING, Coalescer, Event, Key, Kind, Schedule, View, child_key, slim, training_key
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -88,6 +90,8 @@ class Runtime(ApiClients):
     metrics_port: int | None = None
     lookups: webhook.BoundedLookup = field(init=False)  # the webhook's schema lookups, bounded in time
     view: View = field(default_factory=View)  # the Trainings, Jobs and Pods as the watches last showed them
+    refusals: asyncio.Task[None] | None = None  # the checks for refused Pods (`watch_refusals`)
+    syncs: Coalescer = field(default_factory=Coalescer)  # the Trainings whose status a thread is syncing
 
     @classmethod
     def create(cls, settings: Settings, api_client: client.ApiClient, **options: Any) -> Runtime:
@@ -110,6 +114,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     the admission webhook's server and TLS; the metrics endpoint."""
     runtime = _runtime(memo)
     runtime.view = View()  # this run's view: nothing carried over from an earlier run in the same process
+    runtime.syncs = Coalescer()
     settings.admission.server = webhook.server(runtime.webhook_config, runtime.api_client)
     metrics.watch_resolver(lambda: runtime.resolver.stats)
     if runtime.metrics_port is not None:
@@ -429,7 +434,7 @@ Children = Callable[[], tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]]
 
 
 def sync_status(runtime: Runtime, namespace: str, training_name: str | None, children: Children,
-                known: Mapping[str, Any] | None = None) -> None:
+                known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """Recompute one Training's status from its Job and Pods and write it if it changed.
 
     `children()` gives the Jobs and Pods, and is called after each read of the Training: a view of
@@ -437,10 +442,10 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
     newer one. The write is conditional on the resourceVersion read, so two writers at once can
     never put an older view over a newer one; on a conflict everything is read again. `known` is
     the Training as its watch last showed it, used instead of a first read: when it is behind, the
-    conditional write is refused and the Training is read.
+    conditional write is refused and the Training is read. Returns the Training as written, if it was.
     """
     if not training_name:
-        return
+        return None
     for attempt in range(5):
         try:
             training: dict[str, Any] = dict(known) if known is not None and attempt == 0 else cast(
@@ -451,12 +456,12 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             )
         except ApiException as error:
             if error.status == 404:
-                return
+                return None
             raise
         meta = training["metadata"]
         status = training.get("status") or {}
         if not status.get("jobName"):
-            return  # no Job made by this Training yet
+            return None  # no Job made by this Training yet
         jobs, pods = children()
         job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
         spec = training.get("spec") or {}
@@ -464,7 +469,7 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
         if job is None:
             observation = _without_job(runtime, namespace, training)
             if observation is None:
-                return
+                return None
         else:
             uid = (job.get("metadata") or {}).get("uid")
             owned = [pod for pod in pods if _owned_by(pod, uid)]  # a Pod that only wears the labels decides nothing
@@ -477,10 +482,10 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
         update = advance(status, observation, meta.get("generation"), runtime.now(), disruptions_of(owned),
                          int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")))
         if not update:
-            return
+            return None
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
         try:
-            runtime.custom.patch_namespaced_custom_object_status(
+            written = runtime.custom.patch_namespaced_custom_object_status(
                 *TRAININGS[:2], namespace, TRAININGS[2], training_name, body, _request_timeout=runtime.request_timeout
             )
         except ApiException as error:
@@ -491,7 +496,8 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             raise
         _announce(training, status.get("phase"), update)
         _restarted(runtime, training, status, update)
-        return
+        return cast(dict[str, Any], written)
+    return None
 
 
 def _without_job(runtime: Runtime, namespace: str, training: Mapping[str, Any]) -> Observation | None:
@@ -555,8 +561,29 @@ def _reader(runtime: Runtime, namespace: str, name: str, job: str) -> Children:
 
 
 def _child_event(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] | None = None) -> None:
-    """Recompute the Training's status from the view; kopf never retries event handlers, so transient API
-    errors are retried here (a few times, with backoff) rather than leaving a Training behind its Job."""
+    """Recompute the Training's status from the view, one thread per Training at a time: events that come
+    while it runs make it run once more (with the Training as it wrote it) instead of a second writer
+    racing it into a conflict. A deleted Job's last state is not coalesced away."""
+    if finished_job is not None:
+        _sync_from_view(runtime, key, finished_job, None)
+        return
+    if not runtime.syncs.enter(key):
+        return
+    written: dict[str, Any] | None = None
+    try:
+        while True:
+            written = _sync_from_view(runtime, key, None, written)
+            if runtime.syncs.leave(key):
+                break
+    except BaseException:
+        runtime.syncs.leave(key, force=True)
+        raise
+
+
+def _sync_from_view(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] | None,
+                    written: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """kopf never retries event handlers, so transient API errors are retried here (a few times, with
+    backoff) rather than leaving a Training behind its Job."""
 
     def children() -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
         jobs, pods = runtime.view.children(key)
@@ -564,8 +591,8 @@ def _child_event(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] | N
 
     for attempt in range(4):
         try:
-            sync_status(runtime, key[0], key[1], children, runtime.view.training(key))
-            return
+            known = written if written is not None and attempt == 0 else runtime.view.training(key)
+            return sync_status(runtime, key[0], key[1], children, known)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
             if isinstance(error, ApiException) and error.status is not None and error.status < 500 and (
                 error.status != 429
@@ -574,6 +601,7 @@ def _child_event(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] | N
             if attempt == 3:
                 raise
             time.sleep(0.5 * 2**attempt)
+    return None
 
 
 def _finished(job: Mapping[str, Any]) -> bool:
@@ -662,17 +690,48 @@ def _waiting_for_pod(status: Mapping[str, Any], **_: Any) -> bool:
                 and reconciling.get("reason") in (Reason.JOB_CREATED, Reason.JOB_ADOPTED, Reason.POD_REFUSED))
 
 
-def _check_delay(memo: Any, **_: Any) -> float:
-    return _runtime(memo).settings.pod_refusal_check_seconds
+REFUSAL_INTERVAL = 30.0  # seconds between two reads of a waiting Job's Events
 
 
-@kopf.timer(*TRAININGS, interval=30, initial_delay=_check_delay, when=_waiting_for_pod)
-def pod_refused(namespace: str | None, name: str | None, memo: Any, **_: Any) -> None:
+@kopf.on.startup()
+async def watch_refusals(memo: kopf.Memo, **_: Any) -> None:
+    """Start the checks for refused Pods: one task for the whole operator, not a kopf timer per Training
+    (kopf puts a finalizer on every object a timer may run for, two PATCHes per Training, often refused)."""
+    runtime = _runtime(memo)
+    runtime.refusals = asyncio.create_task(_refusal_checks(runtime), name="refused Pods")
+
+
+@kopf.on.cleanup()
+async def stop_refusals(memo: kopf.Memo, **_: Any) -> None:
+    task = _runtime(memo).refusals
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _refusal_checks(runtime: Runtime) -> None:
+    """Every few seconds, the Trainings that wait for their Job's Pod (as the view shows them) are looked at:
+    each first after `pod_refusal_check_seconds`, then every 30 s while it waits."""
+    delay = runtime.settings.pod_refusal_check_seconds
+    schedule = Schedule(delay, REFUSAL_INTERVAL)
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(min(delay, 5.0))
+        waiting = [key for key, training in runtime.view.active()
+                   if _waiting_for_pod(training.get("status") or {}) and not runtime.view.children(key)[1]]
+        for namespace, name in schedule.due(loop.time(), waiting):
+            try:
+                await loop.run_in_executor(None, pod_refused, runtime, namespace, name)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+                LOGGER.warning("reading the Events of Training %s/%s's Job failed: %s", namespace, name, error)
+
+
+def pod_refused(runtime: Runtime, namespace: str, name: str) -> None:
     """The API server may refuse the Job's Pod (a ResourceQuota, Pod Security, a policy engine): the Job
     controller then only posts FailedCreate Events on the Job, and no Pod event ever comes. Only while a
     Training waits for its Pod, its Job's Events are read and the refusal goes into the status."""
-    runtime = _runtime(memo)
-    ns = str(namespace)
+    ns = namespace
     training: dict[str, Any] = cast(dict[str, Any], runtime.custom.get_namespaced_custom_object(
         *TRAININGS[:2], ns, TRAININGS[2], str(name), _request_timeout=runtime.request_timeout))
     status = training.get("status") or {}

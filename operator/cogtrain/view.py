@@ -16,7 +16,7 @@ Pure: no I/O. Updated from the event loop and read from handler threads, under o
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from .jobs import KUEUE_QUEUE_LABEL, LABEL_TRAINING
@@ -152,7 +152,59 @@ class View:
         with self._lock:
             return self._active.get(key)
 
+    def active(self) -> list[tuple[Key, dict[str, Any]]]:
+        """Every Training not finished, slim, with its key."""
+        with self._lock:
+            return list(self._active.items())
+
     def sizes(self) -> dict[str, int]:
         with self._lock:
             return {"active": len(self._active), "finished": len(self._finished),
                     **{kind: sum(map(len, found.values())) for kind, found in self._children.items()}}
+
+
+class Coalescer:
+    """One worker per key at a time; a request while it works makes it go once more, however many came."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
+
+    def enter(self, key: Key) -> bool:
+        """True: the caller works on `key` (and calls `leave`); False: the one working on it goes once more."""
+        with self._lock:
+            if key in self._running:
+                self._again.add(key)
+                return False
+            self._running.add(key)
+            return True
+
+    def leave(self, key: Key, force: bool = False) -> bool:
+        """True: done with `key`; False: asked for again meanwhile, so work once more (then leave again)."""
+        with self._lock:
+            if key in self._again and not force:
+                self._again.discard(key)
+                return False
+            self._again.discard(key)
+            self._running.discard(key)
+            return True
+
+
+class Schedule:
+    """When to look at a waiting Training: `delay` after it is first seen waiting, then every `interval`
+    while it still waits; one that stops waiting starts afresh if it waits again."""
+
+    def __init__(self, delay: float, interval: float) -> None:
+        self.delay, self.interval = delay, interval
+        self._next: dict[Key, float] = {}
+
+    def due(self, now: float, waiting: Iterable[Key]) -> list[Key]:
+        waiting = set(waiting)
+        self._next = {key: at for key, at in self._next.items() if key in waiting}
+        found = []
+        for key in sorted(waiting):
+            if now >= self._next.setdefault(key, now + self.delay):
+                found.append(key)
+                self._next[key] = now + self.interval
+        return found
