@@ -376,7 +376,8 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
             f"the training was disrupted {restarts} times, more than spec.maxRestarts ({max_restarts}) allows; "
             f"last: {last}", observation.start_time)
         new = observation.phase
-    reconciling = next((c for c in current.get("conditions") or [] if c.get("type") == "Reconciling"), {})
+    reconciling: Mapping[str, Any] = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "Reconciling"), {})
     if observation.reason is Reason.JOB_CREATED and reconciling.get("reason") == Reason.POD_REFUSED and not fresh:
         return None  # still no Pod: the refusal the Job's Events gave says more than "waiting for the Pod"
     going_back = observation.reason not in (Reason.SUSPENDED, Reason.RETRYING, Reason.RESTARTING)

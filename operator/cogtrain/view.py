@@ -23,7 +23,6 @@ from .jobs import KUEUE_QUEUE_LABEL, LABEL_TRAINING
 
 Key = tuple[str, str]
 Kind = Literal["jobs", "pods"]
-Event = tuple[Kind, str | None, Mapping[str, Any]]  # (kind, the watch event's type, the body)
 Shape = Mapping[str, Any]
 WHOLE = True  # in a shape: keep the value as it is
 
@@ -124,19 +123,11 @@ class View:
                 by_training[key] = {**by_training.get(key, {}), uid: slim(dict(body), JOB if kind == "jobs" else POD)}
         return key
 
-    def children(self, key: Key, event: Event | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The Jobs and the Pods of the Training `key`; with `event` (kind, type, body), as they are once
-        that event is in the view (kopf checks a handler's filter before any handler runs for the event)."""
+    def children(self, key: Key) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The Jobs and the Pods of the Training `key`."""
         with self._lock:
-            found = {kind: dict(self._children[kind].get(key, {})) for kind in ("jobs", "pods")}
-        if event is not None:
-            kind, event_type, body = event
-            uid = str((body.get("metadata") or {}).get("uid") or "")
-            if event_type == "DELETED":
-                found[kind].pop(uid, None)
-            else:
-                found[kind][uid] = slim(dict(body), JOB if kind == "jobs" else POD)
-        return list(found["jobs"].values()), list(found["pods"].values())
+            return (list(self._children["jobs"].get(key, {}).values()),
+                    list(self._children["pods"].get(key, {}).values()))
 
     def finished(self, key: Key) -> bool:
         with self._lock:
