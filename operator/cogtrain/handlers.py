@@ -56,6 +56,7 @@ LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 TRAININGS = (api.GROUP, api.VERSION, api.PLURAL)
 FINISHED = frozenset(phase.value for phase in TERMINAL)
+STATUS_WORKERS = 4  # threads writing the statuses the view calls for (kopf's own 16 create Jobs)
 
 
 class ApiClients:
@@ -93,7 +94,7 @@ class Runtime(ApiClients):
     metrics_port: int | None = None
     lookups: webhook.BoundedLookup = field(init=False)  # the webhook's schema lookups, bounded in time
     view: View = field(default_factory=View)  # the Trainings, Jobs and Pods as the watches last showed them
-    executor: concurrent.futures.Executor | None = None  # kopf's, for the status writes the view calls for
+    executor: concurrent.futures.Executor | None = None  # the status writes the view calls for (`configure`)
     refusals: asyncio.Task[None] | None = None  # the checks for refused Pods (`watch_refusals`)
     syncs: Coalescer = field(default_factory=Coalescer)  # the Trainings whose status a thread is syncing
 
@@ -119,7 +120,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     runtime = _runtime(memo)
     runtime.view = View()  # this run's view: nothing carried over from an earlier run in the same process
     runtime.syncs = Coalescer()
-    runtime.executor = settings.execution.executor
+    # Status writes run on a few threads of their own, not on kopf's 16: in a burst the threads that create
+    # Jobs are never all taken by status writes, which wait (coalesced, one per Training) instead.
+    runtime.executor = concurrent.futures.ThreadPoolExecutor(STATUS_WORKERS, thread_name_prefix="cogtrain-status")
     settings.admission.server = webhook.server(runtime.webhook_config, runtime.api_client)
     metrics.watch_resolver(lambda: runtime.resolver.stats)
     if runtime.metrics_port is not None:
@@ -144,6 +147,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # creations handled for 201 Trainings at 200 at once). Events arrive in order, so waiting longer for
     # the patched version costs nothing when it comes sooner.
     settings.persistence.consistency_timeout = 60
+    # Start-up over thousands of Trainings, Jobs and Pods: each listed in pages of 500 rather than one
+    # response decoded at once, and a kopf worker lets its object go after 1 s idle rather than 5, so the
+    # bodies of objects already handled do not pile up while the rest is still being listed.
+    settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 1.0
     settings.execution.default_backoff = 5  # a failed API call is retried in seconds, not a minute
     # A killed instance stays in the peering object for its lifetime, and an instance restarted with
     # the same priority pauses until it expires: 15 s, not kopf's 60, so a restart resumes quickly.
@@ -713,12 +721,15 @@ async def watch_refusals(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-async def stop_refusals(memo: kopf.Memo, **_: Any) -> None:
-    task = _runtime(memo).refusals
-    if task is not None:
-        task.cancel()
+async def stop_background(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the checks for refused Pods and the status writers' threads."""
+    runtime = _runtime(memo)
+    if runtime.refusals is not None:
+        runtime.refusals.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await runtime.refusals
+    if runtime.executor is not None:
+        runtime.executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _refusal_checks(runtime: Runtime) -> None:
@@ -733,7 +744,7 @@ async def _refusal_checks(runtime: Runtime) -> None:
                    if _waiting_for_pod(training.get("status") or {}) and not runtime.view.children(key)[1]]
         for namespace, name in schedule.due(loop.time(), waiting):
             try:
-                await loop.run_in_executor(None, pod_refused, runtime, namespace, name)
+                await loop.run_in_executor(runtime.executor, pod_refused, runtime, namespace, name)
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
                 LOGGER.warning("reading the Events of Training %s/%s's Job failed: %s", namespace, name, error)
 
