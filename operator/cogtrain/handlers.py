@@ -31,7 +31,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from . import access, admission, api, metrics, preflight, webhook
+from . import access, admission, api, metrics, preflight, storage, webhook
 from .checks import check
 from .contract import MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
@@ -127,10 +127,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     metrics.watch_resolver(lambda: runtime.resolver.stats)
     if runtime.metrics_port is not None:
         metrics.serve(runtime.metrics_port)
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="cog.run", key="last-handled-configuration"
-    )
+    settings.persistence.progress_storage = storage.Progress(field="status.kopf")
+    settings.persistence.diffbase_storage = storage.DiffBase(prefix="cog.run", key="last-handled-configuration")
     settings.persistence.finalizer = "cog.run/finalizer"
     settings.posting.enabled = True
     settings.posting.level = logging.INFO
