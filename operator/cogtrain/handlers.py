@@ -2,9 +2,12 @@
 
 - A Training is reconciled on creation and when the operator starts (resume): its model's schema
   is resolved, its inputs validated, and its Job created (or adopted, after a restart).
-- Jobs and Pods labelled for a Training are kept, slim, in the operator's own view (`view`); every
-  change to them recomputes the Training's status through the status subresource, except for a
-  finished Training (its status is final) and during the first listing (resume reads afresh).
+- Trainings, and the Jobs and Pods labelled for one, are kept, slim, in the operator's own view
+  (`view`); each event is checked against it in the event loop, and a status that must change is
+  written (coalesced per Training, on threads of its own) through the status subresource. Nothing is
+  done for a finished Training (its status is final), nor at the first listing for a Training not
+  seen yet (its resume reads afresh).
+- A Training waiting for its Job's Pod has its Job's FailedCreate Events read (`PodRefused`).
 - `spec.cancel` deletes the Job and marks the Training Canceled; `spec.suspend` is passed on.
 - The validating webhook answers with `admission`'s decisions; every Training event feeds `metrics`.
 Deleting a Training deletes its Job through the ownerReference (no finalizer).
