@@ -130,7 +130,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     metrics.watch_resolver(lambda: runtime.resolver.stats)
     if runtime.metrics_port is not None:
         metrics.serve(runtime.metrics_port)
-    settings.persistence.progress_storage = storage.Progress(field="status.kopf")
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
     settings.persistence.diffbase_storage = storage.DiffBase(prefix="cog.run", key="last-handled-configuration")
     settings.persistence.finalizer = "cog.run/finalizer"
     settings.posting.enabled = True
