@@ -126,3 +126,15 @@ def test_a_queue_suspending_a_running_job_is_a_restart_but_the_user_suspending_i
     assert by_queue["disruptions"][0]["reason"] == "SuspendedByQueue"
     by_user = advance(running, observe(suspended, []), 1, NOW, (), max_restarts=3, user_suspended=True)
     assert by_user is not None and "restarts" not in by_user
+
+
+def test_still_no_pod_keeps_what_the_status_says() -> None:
+    refused = {"phase": "Pending", "jobName": "j", "conditions": conditions(
+        Phase.PENDING, Reason.POD_REFUSED, "the Job cannot create the training Pod: exceeded quota", 1, [], NOW)}
+    waiting = Observation(Phase.PENDING, Reason.JOB_CREATED, "waiting for the training Pod to be created")
+    assert advance(refused, waiting, 1, LATER) is None
+    created = {"phase": "Pending", "jobName": "j", "conditions": conditions(
+        Phase.PENDING, Reason.JOB_CREATED, "created Job j running m@sha256:0", 1, [], NOW)}
+    assert advance(created, waiting, 1, LATER) is None, "the status naming the Job and image is kept"
+    starting = advance(refused, Observation(Phase.PENDING, Reason.STARTING, "starting"), 1, LATER)
+    assert starting is not None and starting["conditions"][1]["reason"] == Reason.STARTING, "the Pod came"

@@ -376,6 +376,11 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
             f"the training was disrupted {restarts} times, more than spec.maxRestarts ({max_restarts}) allows; "
             f"last: {last}", observation.start_time)
         new = observation.phase
+    reconciling: Mapping[str, Any] = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "Reconciling"), {})
+    if observation.reason is Reason.JOB_CREATED and not fresh and reconciling.get("reason") in (
+            Reason.JOB_CREATED, Reason.JOB_ADOPTED, Reason.POD_REFUSED):
+        return None  # still no Pod: what the status says (the Job made, the refusal its Events gave) says more
     going_back = observation.reason not in (Reason.SUSPENDED, Reason.RETRYING, Reason.RESTARTING)
     if phase is Phase.RUNNING and new is Phase.PENDING and going_back and not fresh:
         return None

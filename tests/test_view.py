@@ -1,0 +1,194 @@
+"""The operator's view: slim Jobs, Pods and Trainings keep what the status is computed from, and nothing of a
+finished Training's children."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from cogtrain.status import disruptions_of, observe
+from cogtrain.view import JOB, POD, TRAINING, Coalescer, Schedule, View, child_key, slim
+
+pytestmark = pytest.mark.unit
+
+REPORT = json.dumps({"status": "succeeded", "output": {"weights": "s3://b/w.bin"}})
+OWNER = {"apiVersion": "batch/v1", "kind": "Job", "name": "t-1a2b3", "uid": "job-uid", "controller": True,
+         "blockOwnerDeletion": True}
+MANAGED = {"fieldsV1": {"f:status": {"f:phase": {}}}, "manager": "kubelet", "operation": "Update"}
+
+
+def job(**status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "t-1a2b3", "namespace": "ml", "uid": "job-uid", "resourceVersion": "7",
+                     "labels": {"cog.run/training": "t", "kueue.x-k8s.io/queue-name": "gpus", "other": "x"},
+                     "ownerReferences": [{**OWNER, "kind": "Training", "uid": "training-uid"}],
+                     "managedFields": [MANAGED], "annotations": {"a": "b"}},
+        "spec": {"suspend": False, "template": {"spec": {"containers": [{"name": "driver", "env": [{"name": "X"}]}]}},
+                 "backoffLimit": 0, "podFailurePolicy": {"rules": []}},
+        "status": {"startTime": "2026-12-01T00:00:00Z", "active": 1, "uncountedTerminatedPods": {}, **status},
+    }
+
+
+def pod(phase: str, *, disrupted: bool = False, report: str | None = REPORT, oom: bool = False) -> dict[str, Any]:
+    terminated: dict[str, Any] = {"exitCode": 0, "reason": "Completed", "finishedAt": "2026-12-01T00:10:00Z"}
+    if report:
+        terminated["message"] = report
+    model: dict[str, Any] = {"exitCode": 137, "reason": "OOMKilled"} if oom else {"exitCode": 0}
+    conditions = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-12-01T00:00:01Z"}]
+    if disrupted:
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                           "message": "Eviction API: evicting", "lastTransitionTime": "2026-12-01T00:05:00Z"})
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "t-1a2b3-xyz", "namespace": "ml", "uid": "pod-uid",
+                     "creationTimestamp": "2026-12-01T00:00:00Z", "labels": {"cog.run/training": "t"},
+                     "ownerReferences": [OWNER], "managedFields": [MANAGED] * 5},
+        "spec": {"nodeName": "gpu-1", "volumes": [{"name": "v"}] * 3,
+                 "initContainers": [{"name": "model", "image": "m", "resources": {"limits": {"memory": "8Gi"}},
+                                     "env": [{"name": "A", "value": "b"}]}],
+                 "containers": [{"name": "driver", "image": "d", "args": ["drive"] * 20}]},
+        "status": {"phase": phase, "hostIP": "10.0.0.1", "startTime": "2026-12-01T00:00:02Z", "conditions": conditions,
+                   "initContainerStatuses": [{"name": "model", "image": "m", "imageID": "m@sha256:0",
+                                              "state": {"terminated": model}}],
+                   "containerStatuses": [{"name": "driver", "image": "d", "imageID": "d@sha256:0", "ready": False,
+                                          "state": {"terminated": terminated}}]},
+    }
+
+
+COMPLETE = {"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-12-01T00:11:00Z",
+                            "lastProbeTime": "2026-12-01T00:11:00Z"}], "completionTime": "2026-12-01T00:11:00Z"}
+FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "m",
+                          "lastTransitionTime": "2026-12-01T00:11:00Z"}]}
+
+
+@pytest.mark.parametrize(("the_job", "pods"), [
+    pytest.param(job(**COMPLETE), [pod("Succeeded")], id="succeeded"),
+    pytest.param(job(**COMPLETE), [pod("Succeeded", report=None)], id="result-missing"),
+    pytest.param(job(**FAILED), [pod("Failed", oom=True)], id="oom"),
+    pytest.param(job(), [pod("Running", disrupted=True)], id="disrupted"),
+    pytest.param({**job(), "spec": {"suspend": True}}, [], id="suspended-in-a-queue"),
+    pytest.param(job(), [{**pod("Pending"), "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes"}]}}],
+        id="unschedulable"),
+    pytest.param(job(), [{**pod("Pending"), "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "driver", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}}]}}],
+        id="image-pull"),
+])
+def test_slim_bodies_give_the_same_status(the_job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+    slim_job, slim_pods = slim(the_job, JOB), [slim(p, POD) for p in pods]
+    assert observe(slim_job, slim_pods, 600) == observe(the_job, pods, 600)
+    assert disruptions_of(slim_pods) == disruptions_of(pods)
+
+
+@pytest.mark.parametrize(("body", "shape", "kept"), [
+    pytest.param(job(), JOB, {"apiVersion", "kind", "metadata", "spec", "status"}, id="job"),
+    pytest.param(pod("Running"), POD, {"apiVersion", "kind", "metadata", "spec", "status"}, id="pod"),
+    pytest.param({"metadata": {"name": "t"}}, POD, {"metadata"}, id="absent-keys-stay-absent"),
+    pytest.param({"status": None}, JOB, {"status"}, id="null-kept-as-null"),
+])
+def test_slim_keeps_only_the_shape(body: dict[str, Any], shape: Any, kept: set[str]) -> None:
+    before = copy.deepcopy(body)
+    out = slim(body, shape)
+    assert set(out) == kept
+    assert body == before, "the body itself is not changed"
+    meta = out.get("metadata") or {}
+    assert "managedFields" not in meta and "annotations" not in meta and "resourceVersion" not in meta
+    assert set(meta.get("labels") or {}) <= {"cog.run/training", "kueue.x-k8s.io/queue-name"}
+    if out is not None and shape is POD and "spec" in out:
+        assert out["spec"]["initContainers"] == [{"name": "model", "resources": {"limits": {"memory": "8Gi"}}}]
+        assert len(json.dumps(out)) < len(json.dumps(body))
+
+
+def test_slim_training_keeps_what_a_status_write_needs() -> None:
+    body = {"apiVersion": "cog.run/v1alpha1", "kind": "Training",
+            "metadata": {"name": "t", "namespace": "ml", "uid": "u", "generation": 2, "resourceVersion": "9",
+                         "managedFields": [MANAGED], "annotations": {"cog.run/last-handled-configuration": "{}"}},
+            "spec": {"model": "m", "input": {"big": "x" * 1000}, "maxRestarts": 1, "suspend": True, "cancel": False},
+            "status": {"phase": "Running", "jobName": "t-1a2b3", "conditions": [{"type": "Ready"}]}}
+    assert slim(body, TRAINING) == {
+        "apiVersion": "cog.run/v1alpha1", "kind": "Training",
+        "metadata": {"name": "t", "namespace": "ml", "uid": "u", "generation": 2, "resourceVersion": "9"},
+        "spec": {"maxRestarts": 1, "suspend": True, "cancel": False}, "status": body["status"]}
+
+
+def training(name: str, phase: str | None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ml", "uid": f"{name}-uid"},
+            "status": {"phase": phase} if phase else {}}
+
+
+# (events in order, then: known, finished, Jobs held, Pods held, the slim Training held)
+@pytest.mark.parametrize(("events", "known", "finished", "jobs", "pods", "held"), [
+    pytest.param([("jobs", "ADDED", job()), ("pods", "ADDED", pod("Pending"))], False, False, 1, 1, False,
+                 id="children-before-their-training"),
+    pytest.param([("t", None, training("t", "Pending")), ("jobs", None, job()), ("pods", None, pod("Running"))],
+                 True, False, 1, 1, True, id="active"),
+    pytest.param([("jobs", "ADDED", job()), ("pods", "ADDED", pod("Running")), ("t", "MODIFIED",
+                 training("t", "Succeeded"))], True, True, 0, 0, False, id="finished-drops-its-children"),
+    pytest.param([("t", None, training("t", "Failed")), ("jobs", None, job()), ("pods", "MODIFIED", pod("Failed"))],
+                 True, True, 0, 0, False, id="children-of-a-finished-training-are-not-kept"),
+    pytest.param([("t", None, training("t", "Running")), ("jobs", "ADDED", job()), ("jobs", "DELETED", job())],
+                 True, False, 0, 0, True, id="deleted-job"),
+    pytest.param([("t", None, training("t", "Canceled")), ("t", "DELETED", training("t", "Canceled"))],
+                 False, False, 0, 0, False, id="deleted-training-is-forgotten"),
+    pytest.param([("jobs", "ADDED", job()), ("jobs", "MODIFIED", job(**COMPLETE))], False, False, 1, 0, False,
+                 id="a-job-is-replaced-by-its-newer-self"),
+])
+def test_view_follows_events(events: list[tuple[str, str | None, dict[str, Any]]], known: bool, finished: bool,
+                             jobs: int, pods: int, held: bool) -> None:
+    view = View()
+    for kind, event_type, body in events:
+        if kind == "t":
+            view.training_seen(event_type, body)
+        else:
+            view.child_seen("jobs" if kind == "jobs" else "pods", event_type, body)
+    key = ("ml", "t")
+    assert (view.known(key), view.finished(key)) == (known, finished)
+    found_jobs, found_pods = view.children(key)
+    assert (len(found_jobs), len(found_pods)) == (jobs, pods)
+    assert (view.training(key) is not None) == held
+    assert view.sizes()["jobs"] == jobs and view.sizes()["pods"] == pods
+
+
+def test_readers_keep_what_they_were_given() -> None:
+    view = View()
+    view.child_seen("jobs", "ADDED", job())
+    jobs, _ = view.children(("ml", "t"))
+    view.child_seen("jobs", "MODIFIED", job(**COMPLETE))
+    view.child_seen("jobs", "DELETED", job())
+    assert jobs[0]["status"].get("conditions") is None, "an earlier answer is not changed under its reader"
+    assert child_key(job()) == ("ml", "t")
+
+
+# (calls in order: "enter" or "leave" or "force", with what each returns)
+@pytest.mark.parametrize("calls", [
+    pytest.param([("enter", True), ("leave", True), ("enter", True)], id="alone"),
+    pytest.param([("enter", True), ("enter", False), ("enter", False), ("leave", False), ("leave", True)],
+                 id="requests-while-working-make-one-more-round"),
+    pytest.param([("enter", True), ("enter", False), ("force", True), ("enter", True)], id="an-error-lets-go"),
+])
+def test_coalescer(calls: list[tuple[str, bool]]) -> None:
+    coalescer = Coalescer()
+    key = ("ml", "t")
+    for call, expected in calls:
+        got = coalescer.enter(key) if call == "enter" else coalescer.leave(key, force=call == "force")
+        assert got == expected, call
+    assert coalescer.enter(("ml", "other")), "keys are independent"
+
+
+A, B = ("ml", "a"), ("ml", "b")
+
+
+# (time, the keys waiting then, the keys due) in order; delay 15 s, interval 30 s
+@pytest.mark.parametrize("steps", [
+    pytest.param([(0, [A], []), (14, [A], []), (15, [A], [A]), (20, [A], []), (45, [A], [A])], id="delay-then-interval"),
+    pytest.param([(0, [A], []), (10, [], []), (16, [A], []), (31, [A], [A])], id="stops-waiting-starts-afresh"),
+    pytest.param([(0, [A], []), (5, [A, B], []), (15, [A, B], [A]), (20, [A, B], [B])], id="each-its-own-clock"),
+])
+def test_schedule(steps: list[tuple[float, list[tuple[str, str]], list[tuple[str, str]]]]) -> None:
+    schedule = Schedule(15, 30)
+    for now, waiting, due in steps:
+        assert schedule.due(now, waiting) == due, now
