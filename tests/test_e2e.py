@@ -621,7 +621,9 @@ def test_a_node_gone_not_ready_restarts_its_training(api: client.ApiClient, kube
     nothing, taking the outage for its own)."""
     standby = cluster.add_node("standby")
     try:
-        kubectl.apply(training_manifest("lost-node", images["sleeps"], {"seconds": 6}, "pvc://trainings/x"),
+        # 40 s: the taint, the 5 s toleration and the eviction queue take 10-20 s on a busy machine, and a
+        # training that ends first is not disrupted at all.
+        kubectl.apply(training_manifest("lost-node", images["sleeps"], {"seconds": 40}, "pvc://trainings/x"),
                       "-n", namespace)
         pod = _running_pod(api, namespace, "lost-node")
         node_name = client.CoreV1Api(api).read_namespaced_pod(pod, namespace).spec.node_name
@@ -629,11 +631,11 @@ def test_a_node_gone_not_ready_restarts_its_training(api: client.ApiClient, kube
         node.set_ready(False)
         try:
             wait_for("Restarting", lambda: condition(read_training(api, namespace, "lost-node"), "Reconciling").get(
-                "reason") == "Restarting", timeout=90)
+                "reason") == "Restarting", timeout=60)
         finally:
             node.set_ready(True)  # a new Pod bound to this node's volume waits for it to come back
         training = _restarted_and_succeeded(api, namespace, "lost-node", pod, "evicted by the node's taint",
-                                            "DeletionByTaintManager")
+                                            "DeletionByTaintManager", timeout=180)
         assert training["status"]["disruptions"][0]["node"] == node_name
     finally:
         cluster.stop_node("standby")
