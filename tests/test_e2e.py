@@ -388,32 +388,39 @@ def test_a_train_that_raises_fails_the_training_with_the_models_error(api: clien
     assert not training["status"].get("restarts"), "a training that fails by itself is never started again"
 
 
-def test_cancel_and_delete_stop_running_trainings_and_their_pods(api: client.ApiClient, kubectl: Kubectl,
-                                                                 images: dict[str, str], namespace: str) -> None:
-    names = ("canceled", "deleted")
-    kubectl.apply([training_manifest(name, images["sleeps"], {"seconds": 600}, "pvc://trainings/x")
-                   for name in names], "-n", namespace)
+def _cancel_one_and_delete_the_other(api: client.ApiClient, kubectl: Kubectl, namespace: str, image: str,
+                                     inputs: dict[str, Any], names: tuple[str, str], started: str) -> dict[str, Any]:
+    """Apply two Trainings; once each model's log shows `started`, cancel the first and delete the second;
+    wait until both Jobs and Pods are gone. Returns the canceled Training as it then stands."""
+    canceled, deleted = names
+    kubectl.apply([training_manifest(name, image, inputs, "pvc://trainings/x") for name in names], "-n", namespace)
     pods = {}
     for name in names:
-        wait_phase(api, namespace, name, "Running")
+        wait_phase(api, namespace, name, "Running", timeout=90)
         pods[name] = pods_of(api, namespace, name)[0].metadata.name
-        # Cancel once the training is under way (the driver handles SIGTERM from then on).
-        wait_for(f"{name}'s training to start", lambda name=name: "sleeping" in model_log(api, namespace, pods[name]),
+        wait_for(f"{name} to reach {started!r}", lambda name=name: started in model_log(api, namespace, pods[name]),
                  timeout=60)
-    patch(kubectl, namespace, "canceled", {"cancel": True})
-    kubectl.run("delete", "training", "deleted", "-n", namespace, "--wait=false")
-    training = wait_phase(api, namespace, "canceled", "Canceled", timeout=30)
+    patch(kubectl, namespace, canceled, {"cancel": True})
+    kubectl.run("delete", "training", deleted, "-n", namespace, "--wait=false")
+    training = wait_phase(api, namespace, canceled, "Canceled", timeout=30)
     assert condition(training, "Ready")["reason"] == "Canceled"
-    wait_for("the canceled Training's Job to be deleted", lambda: not jobs_of(api, namespace, "canceled"), 30)
-    wait_for("the deleted Training to go", lambda: not kubectl.run(
-        "get", "trainings", "-n", namespace, "-o", "name").stdout.strip().endswith("/deleted"), 30)
-    wait_for("the garbage collector to delete the deleted Training's Job",
-             lambda: not jobs_of(api, namespace, "deleted"), 30)
+    wait_for("the deleted Training to go", lambda: deleted not in kubectl.run(
+        "get", "trainings", "-n", namespace, "-o", "name").stdout.split(), 30)
     # Each Pod gets SIGTERM: the driver asks Cog to cancel, which a sleeping train() does not heed, so it shuts
-    # the server down after its 20 s cancel grace; then the Pods are removed.
+    # the server down after its 20 s cancel grace; then the Pods are removed. The deleted Training's Job goes
+    # by the garbage collector.
     for name in names:
+        wait_for(f"the Job of {name} to go", lambda name=name: not jobs_of(api, namespace, name), timeout=30)
         wait_for(f"the Pod of {name} to go", lambda name=name: not pods_of(api, namespace, name), timeout=75)
-    assert read_training(api, namespace, "canceled")["status"]["phase"] == "Canceled"  # the record stays
+    return read_training(api, namespace, canceled)
+
+
+def test_cancel_and_delete_stop_running_trainings_and_their_pods(api: client.ApiClient, kubectl: Kubectl,
+                                                                 images: dict[str, str], namespace: str) -> None:
+    # Cancel once the training is under way (the driver handles SIGTERM from then on).
+    training = _cancel_one_and_delete_the_other(api, kubectl, namespace, images["sleeps"], {"seconds": 600},
+                                                ("canceled", "deleted"), "sleeping")
+    assert training["status"]["phase"] == "Canceled"  # the record stays
 
 
 def test_a_suspended_training_waits_and_runs_when_resumed(api: client.ApiClient, kubectl: Kubectl,
@@ -696,25 +703,9 @@ def test_a_job_its_queue_suspends_while_running_runs_again(api: client.ApiClient
 def test_cancel_and_delete_during_setup_stop_the_training_for_good(api: client.ApiClient, kubectl: Kubectl,
                                                                    images: dict[str, str], namespace: str) -> None:
     """A cancel while Cog still loads the model (setup) is a cancel, not a disruption: no restart."""
-    names = ("canceled-in-setup", "deleted-in-setup")
-    kubectl.apply([training_manifest(name, images["slow-setup"], {"seconds": 1}, "pvc://trainings/x")
-                   for name in names], "-n", namespace)
-    pods = {}
-    for name in names:
-        wait_phase(api, namespace, name, "Running", timeout=90)
-        pods[name] = pods_of(api, namespace, name)[0].metadata.name
-        wait_for(f"{name}'s setup to start", lambda name=name: "loading base model" in model_log(
-            api, namespace, pods[name]), timeout=60)
-    patch(kubectl, namespace, "canceled-in-setup", {"cancel": True})
-    kubectl.run("delete", "training", "deleted-in-setup", "-n", namespace, "--wait=false")
-    training = wait_phase(api, namespace, "canceled-in-setup", "Canceled", timeout=30)
-    assert condition(training, "Ready")["reason"] == "Canceled"
-    wait_for("the deleted Training to go", lambda: "deleted-in-setup" not in kubectl.run(
-        "get", "trainings", "-n", namespace, "-o", "name").stdout, 30)
-    for name in names:
-        wait_for(f"the Job of {name} to go", lambda name=name: not jobs_of(api, namespace, name), timeout=30)
-        wait_for(f"the Pod of {name} to go", lambda name=name: not pods_of(api, namespace, name), timeout=75)
-    status = read_training(api, namespace, "canceled-in-setup")["status"]
+    training = _cancel_one_and_delete_the_other(api, kubectl, namespace, images["slow-setup"], {"seconds": 1},
+                                                ("canceled-in-setup", "deleted-in-setup"), "loading base model")
+    status = training["status"]
     assert status["phase"] == "Canceled" and not status.get("restarts"), status
     assert not [e for e in events_of(api, namespace, "canceled-in-setup") if e.reason == "Restarted"]
 

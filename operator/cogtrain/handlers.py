@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -483,23 +483,18 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
             return None  # no Job made by this Training yet
         jobs, pods = children()
         job = next((j for j in jobs if _owned_by(j, meta.get("uid"))), None)
-        spec = training.get("spec") or {}
         owned: list[Mapping[str, Any]] = []
         if job is None:
             observation = _without_job(runtime, namespace, training)
             if observation is None:
                 return None
         else:
-            uid = (job.get("metadata") or {}).get("uid")
-            owned = [pod for pod in pods if _owned_by(pod, uid)]  # a Pod that only wears the labels decides nothing
-            observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
-            if observation.reason in (Reason.DRIVER_RESULT_MISSING, Reason.FAILED):  # a finished Job, no Pod in view
+            observation, owned = _observe(training, job, pods)
+            if observation.reason in _READ_PODS_AFRESH:
                 # A finished status is final: before concluding the report is missing, read the Pods
-                # themselves (kopf's Pod index may not have caught up with the Job's Complete event).
-                owned = [pod for pod in _read_pods(runtime, namespace, training_name) if _owned_by(pod, uid)]
-                observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
-        update = advance(status, observation, meta.get("generation"), runtime.now(), disruptions_of(owned),
-                         int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")))
+                # themselves (the view may not have caught up with the Job's Complete event).
+                observation, owned = _observe(training, job, _read_pods(runtime, namespace, training_name))
+        update = _advance(runtime, training, observation, owned)
         if not update:
             return None
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
@@ -517,6 +512,25 @@ def sync_status(runtime: Runtime, namespace: str, training_name: str | None, chi
         _restarted(runtime, training, status, update)
         return cast(dict[str, Any], written)
     return None
+
+
+_READ_PODS_AFRESH = (Reason.DRIVER_RESULT_MISSING, Reason.FAILED)  # a finished Job with no Pod in view
+
+
+def _observe(training: Mapping[str, Any], job: Mapping[str, Any],
+             pods: Iterable[Mapping[str, Any]]) -> tuple[Observation, list[Mapping[str, Any]]]:
+    """What the Job and the Pods it controls show (a Pod that only wears the labels decides nothing)."""
+    uid = (job.get("metadata") or {}).get("uid")
+    owned = [pod for pod in pods if _owned_by(pod, uid)]
+    return observe(job, owned, (training.get("spec") or {}).get("activeDeadlineSeconds")), owned
+
+
+def _advance(runtime: Runtime, training: Mapping[str, Any], observation: Observation,
+             owned: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """`advance` for this Training: its status, generation, restart limit and spec.suspend."""
+    spec = training.get("spec") or {}
+    return advance(training.get("status") or {}, observation, (training.get("metadata") or {}).get("generation"),
+                   runtime.now(), disruptions_of(owned), int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")))
 
 
 def _without_job(runtime: Runtime, namespace: str, training: Mapping[str, Any]) -> Observation | None:
@@ -651,18 +665,15 @@ def _behind(runtime: Runtime, key: Key, training: Mapping[str, Any], finished_jo
             no_job: bool) -> bool:
     """Whether the view of the Job and Pods calls for a status write (no I/O: in the event loop). `no_job`:
     the answer when the view holds no Job of the Training (only a fresh read can tell then)."""
-    status, spec = training.get("status") or {}, training.get("spec") or {}
     jobs, pods = runtime.view.children(key)
     uid = (training.get("metadata") or {}).get("uid")
     job = next((j for j in jobs if _owned_by(j, uid)), None) or finished_job
     if job is None:
         return no_job
-    owned = [pod for pod in pods if _owned_by(pod, (job.get("metadata") or {}).get("uid"))]
-    observation = observe(job, owned, spec.get("activeDeadlineSeconds"))
-    if observation.reason in (Reason.DRIVER_RESULT_MISSING, Reason.FAILED):
+    observation, owned = _observe(training, job, pods)
+    if observation.reason in _READ_PODS_AFRESH:
         return True  # sync_status reads the Pods afresh before deciding
-    return advance(status, observation, (training.get("metadata") or {}).get("generation"), runtime.now(),
-                   disruptions_of(owned), int(spec.get("maxRestarts", 3)), bool(spec.get("suspend"))) is not None
+    return _advance(runtime, training, observation, owned) is not None
 
 
 def _child_behind(runtime: Runtime, key: Key, type: str | None,  # noqa: A002  (kopf's name)
@@ -754,14 +765,14 @@ def pod_refused(runtime: Runtime, namespace: str, name: str) -> None:
     """The API server may refuse the Job's Pod (a ResourceQuota, Pod Security, a policy engine): the Job
     controller then only posts FailedCreate Events on the Job, and no Pod event ever comes. Only while a
     Training waits for its Pod, its Job's Events are read and the refusal goes into the status."""
-    ns = namespace
     training: dict[str, Any] = cast(dict[str, Any], runtime.custom.get_namespaced_custom_object(
-        *TRAININGS[:2], ns, TRAININGS[2], str(name), _request_timeout=runtime.request_timeout))
+        *TRAININGS[:2], namespace, TRAININGS[2], name, _request_timeout=runtime.request_timeout))
     status = training.get("status") or {}
     if not _waiting_for_pod(status):
         return
     events = runtime.core.list_namespaced_event(
-        ns, field_selector=f"involvedObject.kind=Job,involvedObject.name={status['jobName']},reason=FailedCreate",
+        namespace,
+        field_selector=f"involvedObject.kind=Job,involvedObject.name={status['jobName']},reason=FailedCreate",
         _request_timeout=runtime.request_timeout,
     ).items
     if not events:
@@ -777,7 +788,7 @@ def pod_refused(runtime: Runtime, namespace: str, name: str) -> None:
     body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": update}
     try:  # conditional: a Pod event that wrote a newer status in between wins
         runtime.custom.patch_namespaced_custom_object_status(
-            *TRAININGS[:2], ns, TRAININGS[2], str(name), body, _request_timeout=runtime.request_timeout)
+            *TRAININGS[:2], namespace, TRAININGS[2], name, body, _request_timeout=runtime.request_timeout)
     except ApiException as error:
         if error.status != 409:
             raise
