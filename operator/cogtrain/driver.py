@@ -489,7 +489,7 @@ class Receiver(Inbox):
                 try:
                     body = _body(self)
                 except _BadFraming as refused:
-                    self.send_error(refused.code, refused.message)
+                    _refuse(self, refused)
                     return
                 receiver.webhook(body.read)
                 try:
@@ -511,7 +511,7 @@ class Receiver(Inbox):
                     chunked, length = _framing(self)
                 except _BadFraming as refused:
                     receiver.notice(f"refused an upload: {refused.message}")
-                    self.send_error(refused.code, refused.message)
+                    _refuse(self, refused)
                     return
                 name = safe_name(self.path.split("?", 1)[0])
                 path = receiver.upload_path(name)
@@ -580,6 +580,24 @@ def _framing(handler: BaseHTTPRequestHandler) -> tuple[bool, int]:
     if len(values) != 1 or not re.fullmatch(r"[0-9]{1,19}", next(iter(values))):
         raise _BadFraming(400, f"Content-Length {', '.join(sorted(values))[:100]!r} is not one non-negative number")
     return False, int(values.pop())
+
+
+def _refuse(handler: BaseHTTPRequestHandler, refused: _BadFraming, linger: float = 1.0,
+            most: int = 1 << 20) -> None:
+    """Answer a refused request, then close gently: half-close and read what the client is still sending
+    (bounded in bytes and time) so that closing with unread bytes does not reset the connection and
+    destroy the answer before the client reads it (a "lingering close", as httpd and nginx do)."""
+    handler.close_connection = True
+    try:
+        handler.send_error(refused.code, refused.message)
+        handler.wfile.flush()
+        handler.connection.shutdown(socket.SHUT_WR)
+        handler.connection.settimeout(linger)
+        deadline, read = time.monotonic() + linger, 0
+        while read < most and time.monotonic() < deadline and (chunk := handler.connection.recv(65536)):
+            read += len(chunk)
+    except OSError:
+        pass
 
 
 def _body(handler: BaseHTTPRequestHandler) -> _Limited | _Chunked:
