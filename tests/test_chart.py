@@ -737,7 +737,7 @@ NAMESPACE_RULES = {
     ("cog.run", "trainings/status", "patch"),
     ("batch", "jobs", "get"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("batch", "jobs", "create"),
     ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
-    ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get"),
     ("", "secrets", "get"), ("", "serviceaccounts", "get"), ("", "events", "create"), ("", "events", "list"),
 }
 PEERING = {("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")}
@@ -775,7 +775,8 @@ def test_rbac_namespaced_mode() -> None:
                      | scoped(CRDS | NAMESPACES | PRIORITY_CLASSES | ACCESS_REVIEWS, None)
                      | WEBHOOK_CONFIGURATION | WEBHOOK_SECRET)
     cluster_wide = {r for r in rules if r[3] is None}
-    assert not {r for r in cluster_wide if r[1] in ("trainings", "trainings/status", "jobs", "pods", "secrets")}
+    assert not {r for r in cluster_wide if r[1] in ("trainings", "trainings/status", "jobs", "pods", "pods/log",
+                                                    "secrets")}
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects_of(render_chart(values), "Role")}
     assert roles == {("ml", FULLNAME), ("research", FULLNAME), (NAMESPACE, f"{FULLNAME}-webhook-tls")}
 

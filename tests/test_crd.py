@@ -120,7 +120,8 @@ def test_printer_columns_point_at_real_fields() -> None:
     version = training_crd()["spec"]["versions"][0]
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     types = {c["name"]: c["type"] for c in version["additionalPrinterColumns"]}
-    assert list(columns)[:5] == ["Phase", "Restarts", "Model", "Weights", "Age"]
+    assert list(columns)[:6] == ["Phase", "Progress", "Restarts", "Model", "Weights", "Age"]
+    assert columns["Progress"] == ".status.progress.percent"
     schema = crd_schema()
     for name, json_path in columns.items():
         node = schema

@@ -36,6 +36,10 @@ def test_drive_command_stores_in_s3_with_checksums(tmp_path: Path, s3: S3Server)
     assert weights["Metadata"]["sha256"] == hashlib.sha256(body).hexdigest()
     assert f"stored {prefix}/weights.bin (2000 bytes, sha256 {hashlib.sha256(body).hexdigest()})" in err
     assert client.get_object(Bucket=BUCKET, Key="runs/ml/tok/config.json")["Body"].read() == b'{"rank": 8}'
+    # The whole training log, next to the weights (docs/driver.md, "Progress and logs").
+    assert report["logs"] == f"{prefix}/logs.txt"
+    logs = client.get_object(Bucket=BUCKET, Key="runs/ml/tok/logs.txt")["Body"].read().decode()
+    assert logs == "".join(f"step {i} loss {1 / (i + 1):.4f}\n" for i in range(5))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]]
     assert ".cogtrain-write-check" not in " ".join(keys), "the write check cleans up after itself"
     assert secret not in out + err and secret not in json.dumps(report), "credentials are never printed"

@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,7 +208,7 @@ def test_drive_command_stores_under_namespace_and_name(tmp_path: Path) -> None:
     metrics = report.pop("metrics")
     assert metrics["predict_time"] > 0, "the model server's metrics are collected and reported"
     assert report == {"status": "succeeded", "output": "pvc://weights/team/ml/tok/weights.bin",
-                      "weights": "pvc://weights/team/ml/tok/weights.bin"}
+                      "weights": "pvc://weights/team/ml/tok/weights.bin", "logs": "pvc://weights/team/ml/tok/logs.txt"}
     assert (tmp_path / "mnt" / "team" / "ml" / "tok" / "weights.bin").read_text().startswith("9 0.0001")
     assert "not-json secret" not in out + err, "a Secret's value is never printed"
 
@@ -231,8 +232,11 @@ def test_drive_sigterm_stops_the_training_and_reports_terminated(tmp_path: Path)
         server.stop()
     assert time.monotonic() - started < 20, "the cancel grace, then the model server is shut down"
     assert process.returncode == 14
-    assert json.loads((tmp_path / "termination-log").read_text()) == {
-        "status": "failed", "reason": "Terminated", "message": TERMINATED_MESSAGE}
+    report = json.loads((tmp_path / "termination-log").read_text())
+    tail = report.pop("log_tail").split("\n")
+    assert report == {"status": "failed", "reason": "Terminated", "message": TERMINATED_MESSAGE,
+                      "logs": "pvc://weights/team/ml/tok/logs.txt"}, "the log is stored on a stop too"
+    assert 1 <= len(tail) <= 20 and all(line.startswith("step ") for line in tail)
 
 
 @pytest.mark.unit
@@ -311,7 +315,7 @@ def test_a_log_flood_and_a_large_inline_file_do_not_grow_the_driver(tmp_path: Pa
     assert peak < 60 * 2**20, f"the driver's peak RSS (VmHWM) was {peak / 2**20:.0f} MiB"
     with logs.open() as printed:
         count = 0
-        for count, line in enumerate(printed, 1):
+        for count, line in enumerate((line for line in printed if not line.startswith("cogtrain.progress ")), 1):
             assert line == _flood_line(count - 1), f"log line {count - 1} is not what the model printed"
     assert count == megabytes * 1000, "every line printed once, in order"
     report = json.loads((tmp_path / "termination-log").read_text())
@@ -616,7 +620,8 @@ def test_an_output_naming_an_upload_that_never_arrived_fails_with_a_report(tmp_p
     code, _, err = drive_to_end(tmp_path, DRIVER_MODELS / "echo-output", {
         "COGTRAIN_INPUT_text": json.dumps("cogtrain-upload://never-sent.bin")})
     assert code == 10, err
-    assert json.loads((tmp_path / "termination-log").read_text()) == {
+    report = json.loads((tmp_path / "termination-log").read_text())
+    assert {key: report[key] for key in ("status", "reason", "message")} == {
         "status": "failed", "reason": "TrainingFailed",
         "message": "the model's output names an uploaded file that never arrived: never-sent.bin"}
 
@@ -826,3 +831,95 @@ def test_a_webhook_cut_short_is_ignored_and_answered_400(tmp_path: Path) -> None
         receiver.stop()
     assert answer.startswith(b"HTTP/1.0 400"), answer[:200]
     assert "could not be read" in notices.getvalue() and not receiver.state.done.is_set()
+
+
+# --- progress records and logs.txt (docs/driver.md, "Progress and logs") -----------------------------------
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    from cogtrain.progress import MARKER
+
+    return [json.loads(line[len(MARKER):]) for line in text.split("\n") if line.startswith(MARKER)]
+
+
+@pytest.mark.integration
+def test_drive_prints_progress_records_while_the_training_runs_and_stores_its_log(tmp_path: Path) -> None:
+    """The model draws a tqdm bar, records metrics through Cog, prints its token and a forged record."""
+    from cogtrain.progress import ESCAPE, MARKER, last_record
+
+    secret = "tok-s3kr1t-progress"
+    server, process = start_drive(tmp_path, DRIVER_MODELS / "progress", {
+        "COGTRAIN_INPUT_steps": "6", "COGTRAIN_INPUT_seconds": "0.7", "COGTRAIN_SECRET_INPUT_token": secret})
+    seen_running: list[dict[str, Any]] = []
+    printed: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            printed.append(line)
+            if line.startswith(MARKER) and process.poll() is None and not seen_running:
+                record = json.loads(line[len(MARKER):])
+                if record.get("metrics") and (record.get("progress") or {}).get("percent", 100) < 100:
+                    seen_running.append(record)
+        _, err = process.communicate(timeout=60)
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    out = "".join(printed)
+    assert process.returncode == 0, err
+    assert seen_running, "a record with progress and metrics came while the training ran"
+    assert seen_running[0]["metrics"]["values"]["loss"] > 0.1
+    final = last_record(out)
+    assert final is not None and final.progress is not None and final.metrics is not None
+    assert (final.progress.percent, final.progress.current, final.progress.total) == (100.0, 6, 6)
+    assert final.metrics.values["loss"] == round(1 / 6, 4) and final.metrics.values["phase"] == "main"
+    assert final.last_log is not None and final.last_log.line == "trained 6 steps"
+    assert ESCAPE + MARKER + '{"progress":{"percent":99' in out, "the model's forged record is escaped"
+    assert all((r.get("progress") or {}).get("percent") != 99 for r in _records(out))
+    assert "logging in with ***" in out
+    report = json.loads((tmp_path / "termination-log").read_text())
+    assert report["logs"] == "pvc://weights/team/ml/tok/logs.txt" and "log_tail" not in report
+    stored = (tmp_path / "mnt" / "team" / "ml" / "tok" / "logs.txt").read_text()
+    assert "logging in with ***\n" in stored and "trained 6 steps\n" in stored and "6/6 [" in stored
+    assert MARKER + "{" not in stored.replace(MARKER + '{"progress":{"percent":99', ""), "no records in logs.txt"
+    assert secret not in out + err + stored + json.dumps(report)
+
+
+@pytest.mark.integration
+def test_a_failed_drive_reports_its_log_tail_and_stores_its_log(tmp_path: Path) -> None:
+    secret = "tok-s3kr1t-fails"
+    code, out, err = drive_to_end(tmp_path, DRIVER_MODELS / "progress", {
+        "COGTRAIN_INPUT_steps": "3", "COGTRAIN_INPUT_seconds": "0.1", "COGTRAIN_INPUT_fail": "true",
+        "COGTRAIN_SECRET_INPUT_token": secret})
+    assert code == 10, err
+    report = json.loads((tmp_path / "termination-log").read_text())
+    assert report["reason"] == "TrainingFailed" and "RuntimeError: diverged after 3 steps" in report["message"]
+    assert report["logs"] == "pvc://weights/team/ml/tok/logs.txt"
+    tail = report["log_tail"].split("\n")
+    assert tail[0] == "logging in with ***" and "100%|##########| 3/3 [" in tail[1] and "trained 3 steps" in tail
+    assert "\r" not in report["log_tail"]
+    stored = (tmp_path / "mnt" / "team" / "ml" / "tok" / "logs.txt").read_text()
+    assert "trained 3 steps" in stored
+    assert secret not in out + err + stored + json.dumps(report)
+
+
+@pytest.mark.integration
+def test_a_log_that_cannot_be_stored_does_not_change_the_outcome(tmp_path: Path) -> None:
+    class Refuses(LocalDestination):
+        def put(self, source: Path, name: str) -> str:
+            if name == "logs.txt":
+                raise DriverError(Reason.DESTINATION_UNWRITABLE, "cannot write to the destination pvc://c/p/: full")
+            return super().put(source, name)
+
+    server = start_cog_server(prepare_model(DRIVER_MODELS / "progress", tmp_path / "m"),
+                              ["--await-explicit-shutdown", "true"])
+    notices = io.StringIO()
+    driver = Driver(model_url=server.url, training_id="t-logs", inputs={"steps": 2, "seconds": 0.1},
+                    destination=Refuses(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", log=io.StringIO(),
+                    notices=notices, keep_log=True, records=True)
+    try:
+        output, error, _ = run_within(driver, 60)
+    finally:
+        server.stop()
+    assert error is None and str(output).startswith("pvc://c/p/")
+    assert driver.logs_uri is None
+    assert "the training's log could not be stored as logs.txt: cannot write to the destination" in notices.getvalue()

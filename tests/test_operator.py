@@ -65,7 +65,8 @@ def test_happy_path(operator: RunningOperator, cluster: Cluster, registries: Reg
     final = cluster.wait_phase("tok", "Succeeded")
     assert final["output"] == report["output"]
     assert final["weights"] == "s3://bucket/trainings/ns/tok/weights.bin"
-    assert final["metrics"] == {"predict_time": 1801.5}, "the model server's metrics, as the driver reported them"
+    assert final["metrics"]["values"] == {"predict_time": 1801.5}, "the model server's metrics, as the driver reported them"
+    assert final["metrics"]["observedTime"] == final["completionTime"]
     assert final["completionTime"].startswith("2026-11-27T10:30:01")
     conditions = {c["type"]: c for c in final["conditions"]}
     assert {k: c["status"] for k, c in conditions.items()} == {

@@ -94,7 +94,8 @@ def _record(tmp_path_factory: pytest.TempPathFactory, registries: Registries,
                                 configuration=FULLNAME, lookup_timeout=2)
 
         def runtime() -> Runtime:
-            return Runtime(settings=Settings(default_destination="s3://w/", pod_refusal_check_seconds=1),
+            return Runtime(settings=Settings(default_destination="s3://w/", pod_refusal_check_seconds=1,
+                                             progress_interval_seconds=1),
                            api_client=_operator_client(kube),
                            resolver=SchemaResolver(RegistryClient(timeout=5)), webhook_config=webhook)
 
@@ -117,6 +118,8 @@ def _record(tmp_path_factory: pytest.TempPathFactory, registries: Registries,
         operator = RunningOperator(kube, runtime(), FULLNAME, namespaces).start()
         try:
             cluster.wait_phase("long", "Running")
+            wait_for(lambda: any(call[1:4] == ("pods", "log", "get") for call in kube.emulator.verbs), timeout=20,
+                     what="the running training's driver log read")
             renewed = client.CoreV1Api(kube.api_client).read_namespaced_secret(f"{FULLNAME}-webhook-tls",
                                                                                RELEASE_NAMESPACE)
             assert base64.b64decode(renewed.data["tls.crt"]) != old.cert, "renewed for the right name"

@@ -138,3 +138,38 @@ def test_still_no_pod_keeps_what_the_status_says() -> None:
     assert advance(created, waiting, 1, LATER) is None, "the status naming the Job and image is kept"
     starting = advance(refused, Observation(Phase.PENDING, Reason.STARTING, "starting"), 1, LATER)
     assert starting is not None and starting["conditions"][1]["reason"] == Reason.STARTING, "the Pod came"
+
+
+def _report_pod(phase: str, report: dict[str, object], code: int) -> dict[str, object]:
+    return pod(phase, {"terminated": {"exitCode": code, "message": json.dumps(report)}})
+
+
+def test_a_failed_training_shows_its_log_tail_and_where_its_log_is() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                      "lastTransitionTime": "2026-11-27T10:30:00Z"}]}}
+    report = {"status": "failed", "reason": "TrainingFailed", "message": "boom", "logs": "s3://b/ns/t/logs.txt",
+              "log_tail": "step 9/10\nboom"}
+    observation = observe(job, [_report_pod("Failed", report, 10)])
+    patch = advance({"phase": "Running"}, observation, 1, NOW)
+    assert patch is not None and patch["phase"] == "Failed"
+    assert (patch["logs"], patch["logTail"]) == ("s3://b/ns/t/logs.txt", "step 9/10\nboom")
+
+
+def test_a_succeeded_training_shows_its_log_and_metrics_but_no_tail() -> None:
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}],
+                      "completionTime": "2026-11-27T10:30:00Z"}}
+    report = {"status": "succeeded", "output": "s3://b/w", "logs": "s3://b/logs.txt", "log_tail": "x",
+              "metrics": {"loss": 0.1, "predict_time": 3.5, "nested": {"a": 1}}}
+    patch = advance({"phase": "Running"}, observe(job, [_report_pod("Succeeded", report, 0)]), 1, NOW)
+    assert patch is not None and patch["logs"] == "s3://b/logs.txt" and "logTail" not in patch
+    assert patch["metrics"] == {"values": {"loss": 0.1, "predict_time": 3.5}, "observedTime": "2026-11-27T10:30:00Z"}
+
+
+def test_a_restart_clears_the_progress_of_the_attempt_that_was_disrupted() -> None:
+    running = {"phase": "Running", "jobName": "j", "startTime": "2026-11-27T10:00:05Z", "conditions": [],
+               "progress": {"percent": 40.0, "observedTime": "2026-11-27T10:09:00Z"},
+               "lastLog": {"line": "step 4/10", "observedTime": "2026-11-27T10:09:00Z"},
+               "metrics": {"values": {"loss": 1.0}, "observedTime": "2026-11-27T10:09:00Z"}}
+    evicted = _pod("p1", "u1", "Failed", "EvictionByEvictionAPI")
+    patch = advance(running, observe(JOB, [evicted]), 1, NOW, disruptions_of([evicted]), max_restarts=3)
+    assert patch is not None and patch["progress"] is None and patch["lastLog"] is None and patch["metrics"] is None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cogtrain.status import disruptions_of, observe
-from cogtrain.view import JOB, POD, TRAINING, Coalescer, Schedule, View, child_key, slim
+from cogtrain.view import JOB, POD, TRAINING, Coalescer, Pacer, Schedule, View, child_key, slim
 
 pytestmark = pytest.mark.unit
 
@@ -192,3 +192,25 @@ def test_schedule(steps: list[tuple[float, list[tuple[str, str]], list[tuple[str
     schedule = Schedule(15, 30)
     for now, waiting, due in steps:
         assert schedule.due(now, waiting) == due, now
+
+
+def test_the_pacer_reads_each_running_training_every_interval_within_the_global_cap() -> None:
+    pacer = Pacer(interval=20, rate=10, first=5)
+    few = [("ns", f"t{i}") for i in range(3)]
+    assert pacer.due(0, few) == []
+    assert sorted(pacer.due(5, few)) == few, "each first 5 s after it is first seen"
+    assert pacer.due(6, few) == [] and pacer.due(24, few) == []
+    assert sorted(pacer.due(25, few)) == few
+    assert pacer.due(26, few[:1]) == [] and pacer.due(45, few[:1]) == [few[0]], "one that stopped is forgotten"
+
+
+def test_past_the_cap_the_interval_stretches() -> None:
+    pacer = Pacer(interval=20, rate=10, first=0)
+    many = [("ns", f"t{i:04d}") for i in range(1000)]
+    reads: dict[tuple[str, str], int] = {}
+    for second in range(0, 301):
+        for key in pacer.due(float(second), many):
+            reads[key] = reads.get(key, 0) + 1
+    total = sum(reads.values())
+    assert total <= 10 * 301, "never more than 10 reads a second"
+    assert total >= 10 * 290 and len(reads) == 1000, "the budget is used, and every Training gets its turn"

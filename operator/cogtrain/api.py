@@ -17,6 +17,8 @@ from kubernetes.client.models.v1_toleration import V1Toleration
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from .progress import LastLog, Metrics, Progress
+
 GROUP = "cog.run"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -312,10 +314,23 @@ class TrainingStatus(_Model):
         default=None,
         description="URI of the trained weights: the output file, or the output's `weights` field.",
     )
-    metrics: dict[str, FreeForm] | None = Field(
+    progress: Progress | None = Field(
         default=None,
-        max_length=64,
-        description="Metrics the model server reported for the training (e.g. predict_time in seconds).",
+        description="How far the running training is, read from its log (a tqdm bar, `step N/M`), every 20 s or so.",
+    )
+    metrics: Metrics | None = Field(
+        default=None,
+        description=(
+            "The latest values of the metrics the model records through Cog while it runs; at the end, those the "
+            "model server reported (e.g. predict_time in seconds)."
+        ),
+    )
+    last_log: LastLog | None = Field(default=None, description="The model's last log line while it runs.")
+    logs: str | None = Field(
+        default=None, max_length=2048, description="URI of the whole training log (logs.txt) at the destination."
+    )
+    log_tail: str | None = Field(
+        default=None, max_length=4096, description="The last lines of the log of a training that failed (at most 20)."
     )
     error: str | None = Field(default=None, max_length=32768, description="Why the training failed, in one sentence.")
     restarts: int | None = Field(

@@ -154,6 +154,8 @@ class DriverReport(BaseModel):
     metrics: dict[str, Any] | None = None
     reason: Reason | None = None
     message: str | None = None
+    logs: str | None = None  # logs.txt at the destination
+    log_tail: str | None = None  # a failure's last log lines, in the room the message leaves
 
     @field_validator("reason", mode="before")
     @classmethod
@@ -162,19 +164,29 @@ class DriverReport(BaseModel):
         return value if value is None or value in Reason._value2member_map_ else Reason.DRIVER_FAILED
 
     @classmethod
-    def failure(cls, reason: Reason, message: str) -> DriverReport:
-        """A failed report whose encoding fits TERMINATION_LIMIT, the message cut by encoded bytes."""
-        report = cls(status="failed", reason=reason, message=message)
+    def failure(cls, reason: Reason, message: str, logs: str | None = None,
+                log_tail: str | None = None) -> DriverReport:
+        """A failed report whose encoding fits TERMINATION_LIMIT: the message first (cut by encoded bytes), then
+        the logs' URI, then as many of the log tail's last lines as the room left holds."""
+        report = cls(status="failed", reason=reason, message=message, logs=logs)
+        if not report.fits():
+            report = report.model_copy(update={"logs": None})
         size = len(report.encode().encode())
-        if size <= TERMINATION_LIMIT:
-            return report
-        escaped = len(json.dumps(message, ensure_ascii=False).encode()) - 2
-        room = TERMINATION_LIMIT - (size - escaped)
-        return cls(status="failed", reason=reason, message=cut_to_bytes(message, room, json_escaped=True))
+        if size > TERMINATION_LIMIT:
+            escaped = len(json.dumps(message, ensure_ascii=False).encode()) - 2
+            room = TERMINATION_LIMIT - (size - escaped)
+            return cls(status="failed", reason=reason, message=cut_to_bytes(message, room, json_escaped=True))
+        lines = (log_tail or "").split("\n")
+        for start in range(len(lines)) if log_tail else ():
+            with_tail = report.model_copy(update={"log_tail": "\n".join(lines[start:])})
+            if with_tail.fits():
+                return with_tail
+        return report
 
     @classmethod
-    def success(cls, output: Any, metrics: Mapping[str, Any] | None = None) -> DriverReport:
-        return cls(status="succeeded", output=output, weights=weights_of(output), metrics=dict(metrics or {}) or None)
+    def success(cls, output: Any, metrics: Mapping[str, Any] | None = None, logs: str | None = None) -> DriverReport:
+        return cls(status="succeeded", output=output, weights=weights_of(output), metrics=dict(metrics or {}) or None,
+                   logs=logs)
 
     def encode(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), ensure_ascii=False, separators=(",", ":"))

@@ -171,6 +171,8 @@ def training_crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Progress", "type": "number", "format": "float",
+                         "jsonPath": ".status.progress.percent"},
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
                         {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
                         {"name": "Weights", "type": "string", "jsonPath": ".status.weights"},

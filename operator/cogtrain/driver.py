@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, SECRET_LIST_ENV_PREFIX, DriverReport, Reason
 from .destinations import Destination, DriverError, safe_name
 from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
+from .progress import MARKER, Record, Tracker, escape, log_tail
 
 UPLOAD_SCHEME = "cogtrain-upload://"
 _CHUNK = 1024 * 1024
@@ -206,6 +207,178 @@ class RedactingWriter:
         self.stream.flush()
 
 
+LOG_FILE_LIMIT = 64 * 2**20  # bytes of logs.txt: beyond, its head and a rolling tail
+RECORD_EVERY = 2.0  # seconds: at most one progress record this often, unless the log runs on
+RECORD_LINES, RECORD_BYTES = 50, 8192  # ... or this much log was echoed since the last record
+
+
+class BoundedLog:
+    """The training's whole log in a file in scratch, at most `limit` bytes: past that, the first half and a
+    rolling tail (two files of a quarter each, taking turns), joined with a `[… N bytes cut …]` line."""
+
+    def __init__(self, folder: Path, limit: int = LOG_FILE_LIMIT) -> None:
+        self.folder, self.limit = folder, limit
+        self.written = 0
+        self._head = (folder / "log-head").open("wb")
+        self._tails: list[Path] = []
+        self._tail: BinaryIO | None = None
+        self._tail_size = 0
+        self.recent = ""  # the last 8 KiB of text, for the report's tail
+
+    def write(self, text: str) -> None:
+        self.recent = (self.recent + text)[-8192:]
+        data = text.encode(errors="replace")
+        self.written += len(data)
+        room = self.limit // 2 - self._head.tell()
+        if room > 0:
+            self._head.write(data[:room])
+            data = data[room:]
+        while data:
+            if self._tail is None or self._tail_size >= self.limit // 4:
+                self._rotate()
+            assert self._tail is not None
+            piece = data[: self.limit // 4 - self._tail_size]
+            self._tail.write(piece)
+            self._tail_size += len(piece)
+            data = data[len(piece):]
+
+    def _rotate(self) -> None:
+        if self._tail is not None:
+            self._tail.close()
+        if len(self._tails) == 2:
+            self._tails.pop(0).unlink(missing_ok=True)
+        self._tails.append(self.folder / f"log-tail-{self.written}")
+        self._tail, self._tail_size = self._tails[-1].open("wb"), 0
+
+    def finish(self) -> Path:
+        """The whole log as one file (logs.txt), the cut marked."""
+        self._head.close()
+        if self._tail is not None:
+            self._tail.close()
+        path = self.folder / "logs.txt"
+        with path.open("wb") as out:
+            with (self.folder / "log-head").open("rb") as head:
+                shutil.copyfileobj(head, out, _CHUNK)
+            kept = out.tell() + sum(tail.stat().st_size for tail in self._tails)
+            if kept < self.written:
+                out.write(f"\n[… {self.written - kept} bytes cut …]\n".encode())
+            for tail in self._tails:
+                with tail.open("rb") as piece:
+                    shutil.copyfileobj(piece, out, _CHUNK)
+        return path
+
+    def tail(self) -> str:
+        return log_tail(self.recent)
+
+
+class LogTee:
+    """Where the training's (redacted) log goes: the driver's stdout, with progress records between its lines
+    and a model's line that starts like a record escaped; the `Tracker`; and the log file, if any."""
+
+    def __init__(self, stream: TextIO, records: bool = False, log_file: BoundedLog | None = None,
+                 tracker: Tracker | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.records, self.log_file = stream, records, log_file
+        self.tracker = tracker or Tracker()
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._at_start = True  # the next character printed starts a line
+        self._held = ""  # the start of a line that could still become MARKER
+        self._printed_version = 0
+        self._last_record = -RECORD_EVERY
+        self._lines = self._bytes = 0  # echoed since the last record
+        self.closed = False  # the log file is being stored: it takes no more
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            if self.log_file is not None and not self.closed:
+                self.log_file.write(text)
+            self.tracker.feed(text)
+            if not self.records:
+                self.stream.write(text)
+                return
+            cut = text.rfind("\n") + 1
+            if cut and self._due(text[:cut]):  # a record right after the last whole line of this piece
+                self._echo(text[:cut])
+                self._record()
+                self._echo(text[cut:])
+            else:
+                self._echo(text)
+
+    def _due(self, coming: str = "") -> bool:
+        lines, size = self._lines + coming.count("\n"), self._bytes + len(coming)
+        if self.tracker.version == self._printed_version and not lines and not size:
+            return False
+        return lines >= RECORD_LINES or size >= RECORD_BYTES or self.clock() - self._last_record >= RECORD_EVERY
+
+    def _echo(self, text: str) -> None:
+        text, self._held = self._held + text, ""
+        out: list[str] = []
+        start = 0
+        while start < len(text):
+            if self._at_start:
+                rest = text[start : start + len(MARKER)]
+                if len(rest) < len(MARKER) and MARKER.startswith(rest):
+                    self._held = text[start:]
+                    break
+                out.append(escape(rest)[: -len(rest)])  # ESCAPE, when the model's line starts like a record
+            end = text.find("\n", start)
+            end = len(text) if end == -1 else end + 1
+            out.append(text[start:end])
+            self._at_start = text[end - 1] == "\n"
+            start = end
+        printed = "".join(out)
+        self._lines += printed.count("\n")
+        self._bytes += len(printed)
+        self.stream.write(printed)
+
+    def _record(self) -> None:
+        record = self.tracker.record()
+        self._last_record = self.clock()
+        self._lines = self._bytes = 0
+        self._printed_version = self.tracker.version
+        if record is not None:
+            self.stream.write(("" if self._at_start else "\n") + record.line() + "\n")
+            self._at_start = True
+
+    def metrics(self, metrics: Mapping[str, Any], redact: Callable[[str], str] = lambda text: text) -> None:
+        with self._lock:
+            self.tracker.metrics(metrics, redact)
+
+    def tick(self, final: bool = False) -> None:
+        """Print a record if one is due (or, `final`, the last state if not printed yet). Never waits for a
+        writer blocked on a full stdout (the caller watches the training and must not hang with it)."""
+        if not self._lock.acquire(timeout=2 if final else 0):
+            return
+        try:
+            if self.records and (self._due() if not final else self.tracker.version != self._printed_version):
+                self._record()
+                self.stream.flush()
+        finally:
+            self._lock.release()
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+    def finish(self) -> None:
+        """What was held back (a line that began like a record but ended), then the last record; the log file
+        takes no more. Waits at most 2 s for a writer (one blocked on a full stdout is left behind)."""
+        if self._lock.acquire(timeout=2):
+            try:
+                held, self._held = self._held, ""
+                if held and self.records:
+                    self.stream.write(held)
+                    self._at_start = False
+            finally:
+                self._lock.release()
+        self.tick(final=True)
+        self.closed = True
+
+    def last(self) -> Record | None:
+        with self._lock:
+            return self.tracker.record()
+
+
 class _Cut(Text):
     """A string kept up to `cap` characters; a longer one is cut (redacted first) and marked with …."""
 
@@ -363,6 +536,7 @@ class Inbox:
         self.redactor = redactor if redactor is not None else Redactor()
         self.log = RedactingWriter(log, self.redactor)
         self.notices = notices
+        self.on_metrics: Callable[[Mapping[str, Any]], None] | None = None  # each webhook's metrics, merged
 
     def notice(self, text: str) -> None:
         self.notices.write(self.redactor(text) + "\n")
@@ -445,6 +619,8 @@ class Inbox:
             # Merged (a webhook may carry only some of them), but never past MAX_METRICS keys.
             merged = {**state.metrics, **metrics}
             state.metrics = merged if len(merged) <= MAX_METRICS else dict(metrics)
+            if self.on_metrics is not None:
+                self.on_metrics(state.metrics)
         if isinstance(status, str) and status:
             state.status = status
         if status not in TERMINAL or state.done.is_set():  # an earlier output, or a repeated completion
@@ -715,7 +891,14 @@ class Driver:
     lost_grace: float = 30.0
     # Values never to print or report (replaced by ***); None: the Secret input variables (secrets_from_env).
     secrets: Iterable[str] | None = None
+    # `cogtrain drive`: progress records between the log's lines on `log`, and the whole log kept and stored as
+    # logs.txt at the destination at the end (its URI and tail then in `logs_uri`, `log_tail`).
+    records: bool = False
+    keep_log: bool = False
+    logs_uri: str | None = None
+    log_tail: str | None = None
     redactor: Redactor = field(init=False)
+    tee: LogTee = field(init=False)
 
     def __post_init__(self) -> None:
         self.redactor = Redactor(secrets_from_env(os.environ) if self.secrets is None else self.secrets)
@@ -734,8 +917,11 @@ class Driver:
 
     def _run(self) -> Any:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, self.log, self.notices,
+        log_file = BoundedLog(Path(tempfile.mkdtemp(dir=self.scratch))) if self.keep_log else None
+        self.tee = tee = LogTee(self.log, self.records, log_file)
+        receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, cast(TextIO, tee), self.notices,
                             self.redactor)
+        receiver.on_metrics = lambda metrics: tee.metrics(metrics, self.redactor)
         try:
             self.destination.check()
             self._wait_ready(receiver)
@@ -756,6 +942,17 @@ class Driver:
             receiver.finish()
             self._shutdown()
             receiver.stop()
+            tee.finish()
+            if log_file is not None:
+                self._store_log(log_file, receiver)
+
+    def _store_log(self, log_file: BoundedLog, receiver: Receiver) -> None:
+        """logs.txt at the destination, next to the weights; a failure is a notice, never the training's outcome."""
+        self.log_tail = log_file.tail() or None
+        try:
+            self.logs_uri = self.destination.put(log_file.finish(), "logs.txt")
+        except (DriverError, OSError) as error:
+            receiver.notice(f"the training's log could not be stored as logs.txt: {getattr(error, 'message', error)}")
 
     def _wait_ready(self, receiver: Receiver) -> None:
         def canceled() -> DriverError | None:
@@ -799,6 +996,7 @@ class Driver:
         idle_since: float | None = None
         next_check = last_answer + self.health_interval
         while not receiver.state.done.wait(min(0.2, self.health_interval)):
+            self.tee.tick()
             if self.cancel_requested.is_set():
                 self._cancel(receiver)
                 continue
@@ -926,19 +1124,20 @@ def decode_data_url(url: str, path: Path) -> None:
 
 
 def termination_message(
-    output: Any, error: DriverError | None, destination: Destination | None, metrics: dict[str, Any] | None = None
+    output: Any, error: DriverError | None, destination: Destination | None, metrics: dict[str, Any] | None = None,
+    logs: str | None = None, log_tail: str | None = None,
 ) -> str:
     """The report the operator reads (contract.DriverReport), always within the termination message's limit.
 
     Too long with the model's metrics: they are left out; still too long: the output is stored as
     output.json at the destination and referenced (if that fails, the report is that failure);
-    failures are cut to fit by encoded bytes.
+    failures are cut to fit by encoded bytes, and the log's tail gets the room the message leaves.
     """
     if error is not None:
-        return DriverReport.failure(error.reason, error.message).encode()
-    report = DriverReport.success(output, metrics)
+        return DriverReport.failure(error.reason, error.message, logs, log_tail).encode()
+    report = DriverReport.success(output, metrics, logs)
     if not report.fits():
-        report = DriverReport.success(output)
+        report = DriverReport.success(output, logs=logs)
     if not report.fits() and destination is not None:
         try:
             with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as handle:
@@ -956,6 +1155,8 @@ def termination_message(
         report = report.model_copy(update={"output": stored, "weights": report.weights})
         if not report.fits():  # the weights' own URI is what does not fit: the output.json names it
             report = report.model_copy(update={"weights": None})
+    if not report.fits():
+        report = report.model_copy(update={"logs": None})
     if not report.fits():  # no destination to hold it (`cogtrain drive` always has one): say so, within the limit
         report = DriverReport(status="succeeded", message="the output is too large for the termination message "
                               "and there is no destination to store it")

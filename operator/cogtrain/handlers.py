@@ -8,6 +8,7 @@
   done for a finished Training (its status is final), nor at the first listing for a Training not
   seen yet (its resume reads afresh).
 - A Training waiting for its Job's Pod has its Job's FailedCreate Events read (`PodRefused`).
+- A running Training's progress is read from the tail of its driver's log, paced and capped (`progress`).
 - `spec.cancel` deletes the Job and marks the Training Canceled; `spec.suspend` is passed on.
 - The validating webhook answers with `admission`'s decisions; every Training event feeds `metrics`.
 Deleting a Training deletes its Job through the ownerReference (no finalizer).
@@ -36,8 +37,9 @@ from kubernetes.client.exceptions import ApiException
 
 from . import access, admission, api, metrics, preflight, storage, webhook
 from .checks import check
-from .contract import MESSAGE_LIMIT, Reason
+from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
+from .progress import Record, last_record
 from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
@@ -50,10 +52,11 @@ from .status import (
     describe_disruption,
     disruptions_of,
     observe,
+    running_pod,
     status_patch,
 )
 from .validation import model_problems, summarize
-from .view import JOB, Coalescer, Key, Schedule, View, slim
+from .view import JOB, Coalescer, Key, Pacer, Schedule, View, slim
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -99,6 +102,7 @@ class Runtime(ApiClients):
     view: View = field(default_factory=View)  # the Trainings, Jobs and Pods as the watches last showed them
     executor: concurrent.futures.Executor | None = None  # the status writes the view calls for (`configure`)
     refusals: asyncio.Task[None] | None = None  # the checks for refused Pods (`watch_refusals`)
+    progress: asyncio.Task[None] | None = None  # the reads of running Trainings' progress (`watch_progress`)
     syncs: Coalescer = field(default_factory=Coalescer)  # the Trainings whose status a thread is syncing
 
     @classmethod
@@ -734,12 +738,13 @@ async def watch_refusals(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_background(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the checks for refused Pods and the status writers' threads."""
+    """Stop the checks for refused Pods, the progress reads and the status writers' threads."""
     runtime = _runtime(memo)
-    if runtime.refusals is not None:
-        runtime.refusals.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runtime.refusals
+    for task in (runtime.refusals, runtime.progress):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if runtime.executor is not None:
         runtime.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -794,6 +799,96 @@ def pod_refused(runtime: Runtime, namespace: str, name: str) -> None:
             raise
 
 
+# --- progress from the driver's log ------------------------------------------------------------
+
+PROGRESS_TAIL_LINES = 100  # the driver prints a record at least every 50 lines of the model's log
+PROGRESS_TAIL_BYTES = 64 * 1024
+PROGRESS_READ_TIMEOUT = 5.0
+
+
+@kopf.on.startup()
+async def watch_progress(memo: kopf.Memo, **_: Any) -> None:
+    """Start the progress reads: one task for the whole operator, no stream or timer per Training."""
+    runtime = _runtime(memo)
+    runtime.progress = asyncio.create_task(_progress_reads(runtime), name="progress")
+
+
+def _running(runtime: Runtime) -> dict[Key, str]:
+    """The Running Trainings (as the view shows them) and the Pod of each whose driver runs."""
+    found = {}
+    for key, training in runtime.view.active():
+        if (training.get("status") or {}).get("phase") != api.Phase.RUNNING.value:
+            continue
+        jobs, pods = runtime.view.children(key)
+        job = next((j for j in jobs if _owned_by(j, (training.get("metadata") or {}).get("uid"))), None)
+        uid = ((job or {}).get("metadata") or {}).get("uid")
+        pod = running_pod(p for p in pods if _owned_by(p, uid))
+        if pod is not None:
+            found[key] = pod
+    return found
+
+
+async def _progress_reads(runtime: Runtime) -> None:
+    """Every second, the running Trainings that are due (`Pacer`: each every progress_interval_seconds, at most
+    progress_reads_per_second in all) have the tail of their driver's log read, a few at a time."""
+    pacer = Pacer(runtime.settings.progress_interval_seconds, runtime.settings.progress_reads_per_second)
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        running = _running(runtime)
+        due = pacer.due(loop.time(), running)
+        reads = [loop.run_in_executor(runtime.executor, read_progress, runtime, key, running[key]) for key in due]
+        for key, outcome in zip(due, await asyncio.gather(*reads, return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):
+                LOGGER.warning("reading the progress of Training %s/%s failed: %s", key[0], key[1], outcome)
+
+
+def _driver_log(runtime: Runtime, namespace: str, pod: str, lines: int) -> tuple[str, bool]:
+    """The tail of the driver container's log (bounded), and whether the byte limit cut it."""
+    response: Any = runtime.core.read_namespaced_pod_log(
+        pod, namespace, container=DRIVER_CONTAINER, tail_lines=lines, limit_bytes=PROGRESS_TAIL_BYTES,
+        _preload_content=False, _request_timeout=PROGRESS_READ_TIMEOUT)
+    try:
+        data: bytes = response.read(PROGRESS_TAIL_BYTES + 1)
+    finally:
+        response.release_conn()
+    return data.decode(errors="replace"), len(data) >= PROGRESS_TAIL_BYTES
+
+
+def read_progress(runtime: Runtime, key: Key, pod: str) -> Record | None:
+    """The last progress record in the Pod's driver log, written into the status of the Training that owns the
+    Pod when it differs from what the status shows; nothing else is written, and a record that is not valid is
+    ignored. A tail cut by the byte limit (lines longer than it) is read again, shorter."""
+    namespace, name = key
+    try:
+        text, cut = _driver_log(runtime, namespace, pod, PROGRESS_TAIL_LINES)
+        record = last_record(text)
+        if record is None and cut:
+            record = last_record(_driver_log(runtime, namespace, pod, 3)[0])
+    except ApiException as error:
+        if error.status in (400, 404):  # the container is gone or not started: nothing to read
+            return None
+        raise
+    if record is None:
+        return None
+    if record.progress is not None and record.progress.percent is not None:
+        metrics.PROGRESS.set(namespace, name, record.progress.percent)
+    training = runtime.view.training(key)
+    status = (training or {}).get("status") or {}
+    fields = record.status()
+    if training is None or status.get("phase") != api.Phase.RUNNING.value or all(
+            status.get(field) == value for field, value in fields.items()):
+        return record
+    body = {"metadata": {"resourceVersion": training["metadata"].get("resourceVersion")}, "status": fields}
+    try:  # conditional: a status written meanwhile (the Training's end, say) wins; the next read tries again
+        runtime.custom.patch_namespaced_custom_object_status(
+            *TRAININGS[:2], namespace, TRAININGS[2], name, body, _request_timeout=runtime.request_timeout)
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise
+    return record
+
+
 # --- admission and metrics ----------------------------------------------------------------------
 
 
@@ -835,6 +930,8 @@ async def track(body: kopf.Body, type: str | None, uid: str | None, memo: Any, *
     training = runtime.view.training(key)
     if training is not None and _training_behind(runtime, key, training):
         _dispatch(runtime, key)
+    if type == "DELETED" or (body.get("status") or {}).get("phase") in FINISHED:
+        metrics.PROGRESS.forget(*key)
     if uid is None:
         return
     if type == "DELETED":

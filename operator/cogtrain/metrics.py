@@ -128,8 +128,39 @@ class ResolverCollector(Collector):
             yield CounterMetricFamily(name, help_text, value=value)
 
 
+class ProgressGauge(Collector):
+    """The progress of running Trainings, by namespace and name: a series only while a Training runs and has
+    shown progress, at most MAX_SERIES of them (past that, new ones are not exported)."""
+
+    MAX_SERIES = 2000
+
+    def __init__(self) -> None:
+        self._percent: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def set(self, namespace: str, name: str, percent: float) -> None:
+        with self._lock:
+            if (namespace, name) in self._percent or len(self._percent) < self.MAX_SERIES:
+                self._percent[namespace, name] = percent
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._percent.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("cogtrain_training_progress_percent",
+                                   "Progress of running Trainings (0 to 100), from their logs.",
+                                   labels=["namespace", "name"])
+        with self._lock:
+            for (namespace, name), percent in sorted(self._percent.items()):
+                family.add_metric([namespace, name], percent)
+        yield family
+
+
 TRAININGS = TrainingTracker()
 REGISTRY.register(TRAININGS)
+PROGRESS = ProgressGauge()
+REGISTRY.register(PROGRESS)
 _resolver_collector: ResolverCollector | None = None
 
 

@@ -39,6 +39,12 @@ class Settings(BaseModel):
     pod_refusal_check_seconds: float = Field(
         default=15.0, description="How long a Job may show no Pod before its FailedCreate Events are read."
     )
+    progress_interval_seconds: float = Field(
+        default=20.0, ge=1, description="How often a running Training's progress is read from its driver's log."
+    )
+    progress_reads_per_second: float = Field(
+        default=10.0, gt=0, description="Most driver-log reads per second, all Trainings together (a cost cap)."
+    )
 
 
 ENVIRONMENT = {
@@ -50,6 +56,8 @@ ENVIRONMENT = {
     "default_node_selector": "COGTRAIN_DEFAULT_NODE_SELECTOR",
     "default_tolerations": "COGTRAIN_DEFAULT_TOLERATIONS",
     "shm_size": "COGTRAIN_SHM_SIZE",
+    "progress_interval_seconds": "COGTRAIN_PROGRESS_INTERVAL_SECONDS",
+    "progress_reads_per_second": "COGTRAIN_PROGRESS_READS_PER_SECOND",
 }
 
 

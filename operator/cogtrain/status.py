@@ -15,6 +15,7 @@ from typing import Any
 from .api import Phase
 from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, MODEL_CONTAINER, DriverReport, Reason, weights_of
 from .jobs import KUEUE_QUEUE_LABEL
+from .progress import bounded_metrics
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELED)
 _PULL_RETRYING = ("ErrImagePull", "ImagePullBackOff")
@@ -46,6 +47,8 @@ class Observation:
     output: Any = None
     weights: str | None = None
     metrics: dict[str, Any] | None = None
+    logs: str | None = None  # logs.txt at the destination, as the driver reported it
+    log_tail: str | None = None  # a failure's last log lines
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_time", _time(self.start_time))
@@ -145,18 +148,20 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
             return Observation(Phase.FAILED, Reason.DRIVER_RESULT_MISSING,
                                "the Job completed but the driver reported no result", start, finished)
         return Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "the training succeeded", start, finished,
-                           report.output, report.weights or weights_of(report.output), report.metrics)
+                           report.output, report.weights or weights_of(report.output), report.metrics, report.logs)
     if failed := is_true("Failed") or is_true("FailureTarget"):
         finished = failed.get("lastTransitionTime")
+        pod = _newest(failed_pods) or _newest(pods)
+        report = driver_report(pod) if pod is not None else None
+        logs: dict[str, Any] = {"logs": report.logs, "log_tail": report.log_tail} if report is not None else {}
         if failed.get("reason") == "DeadlineExceeded":
             limit = f" ({active_deadline_seconds} s)" if active_deadline_seconds else ""
             return Observation(Phase.FAILED, Reason.DEADLINE_EXCEEDED,
                                f"the training ran longer than activeDeadlineSeconds{limit} and was stopped",
-                               start, finished)
-        pod = _newest(failed_pods) or _newest(pods)
+                               start, finished, **logs)
         if pod is not None:
             why, message = explain_pod_failure(pod)
-            return Observation(Phase.FAILED, why, message, start, finished)
+            return Observation(Phase.FAILED, why, message, start, finished, **logs)
         return Observation(Phase.FAILED, Reason.FAILED, failed.get("message") or "the training Job failed",
                            start, finished)
 
@@ -201,6 +206,12 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
                            driver.get("startedAt") or status.get("startTime") or start)
     return Observation(Phase.PENDING, Reason.STARTING,
                        "the training Pod is starting (pulling images, starting the model server)")
+
+
+def running_pod(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The name of the newest Pod whose driver runs (where the training's progress is printed), if any."""
+    pod = _newest(pod for pod in pods if _driver_running(pod) is not None)
+    return str((pod.get("metadata") or {}).get("name") or "") or None if pod is not None else None
 
 
 def _driver_running(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -369,6 +380,8 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     if fresh or current.get("restarts"):
         fields["restarts"] = restarts
         fields["disruptions"] = kept
+    if fresh:  # the next attempt starts from the beginning: what the last one showed is gone
+        fields.update(progress=None, metrics=None, lastLog=None)
     if max_restarts is not None and restarts > max_restarts and new not in TERMINAL:
         last = describe_disruption(kept[-1]) if kept else "disrupted"
         observation = Observation(
@@ -387,15 +400,19 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     start = current.get("startTime") or observation.start_time
     if new is not Phase.PENDING and start:
         fields["startTime"] = start
+    # Finished: stamped with the Job's own finishing time, so two writers observing the same end
+    # write the same status.
+    stamp = (observation.completion_time or _stamp(now)) if new in TERMINAL else now
     if new is Phase.SUCCEEDED:
         fields["output"] = observation.output
         if observation.weights:
             fields["weights"] = observation.weights
-        if observation.metrics:
-            fields["metrics"] = observation.metrics
-    # Finished: stamped with the Job's own finishing time, so two writers observing the same end
-    # write the same status.
-    stamp = (observation.completion_time or _stamp(now)) if new in TERMINAL else now
+        if values := bounded_metrics(observation.metrics or {}):
+            fields["metrics"] = {"values": values, "observedTime": stamp if isinstance(stamp, str) else _stamp(stamp)}
+    if new in TERMINAL and observation.logs:
+        fields["logs"] = observation.logs
+    if new is Phase.FAILED and observation.log_tail:
+        fields["logTail"] = observation.log_tail
     patch = status_patch(new, observation.reason, observation.message, generation,
                          current.get("conditions") or [], stamp, **fields)
     unchanged = all(current.get(k) == v for k, v in patch.items() if k != "conditions") and [

@@ -199,3 +199,29 @@ class Schedule:
                 found.append(key)
                 self._next[key] = now + self.interval
         return found
+
+
+class Pacer:
+    """Which running Trainings to read now: each `first` seconds after it is first seen, then every `interval`,
+    and at most `rate` reads a second in all (a one-second burst). Past `rate * interval` Trainings the interval
+    stretches, the most overdue first."""
+
+    def __init__(self, interval: float, rate: float, first: float = 5.0) -> None:
+        self.interval, self.rate, self.first = interval, rate, min(first, interval)
+        self._next: dict[Key, float] = {}
+        self._tokens = 0.0
+        self._last: float | None = None
+
+    def due(self, now: float, keys: Iterable[Key]) -> list[Key]:
+        keys = set(keys)
+        self._next = {key: at for key, at in self._next.items() if key in keys}
+        for key in keys:
+            self._next.setdefault(key, now + self.first)
+        elapsed = 1.0 if self._last is None else now - self._last
+        self._tokens = min(max(self.rate, 1.0), self._tokens + elapsed * self.rate)
+        self._last = now
+        ready = sorted((at, key) for key, at in self._next.items() if at <= now)[: int(self._tokens)]
+        self._tokens -= len(ready)
+        for _, key in ready:
+            self._next[key] = now + self.interval
+        return [key for _, key in ready]

@@ -26,6 +26,10 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# A running training's progress: the tail of its driver container's log (docs/operator.md, "Progress and logs").
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # imagePullSecrets of a Training (or its ServiceAccount) to read the model image's labels.
 - apiGroups: [""]
   resources: ["secrets"]

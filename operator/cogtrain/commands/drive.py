@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             setup_timeout=args.setup_timeout,
             cancel_grace=args.cancel_grace,
             cancel_requested=stop,
+            records=True,
+            keep_log=True,
         )
         output = running.run()
     except DriverError as failure:
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as failure:  # noqa: BLE001  (the driver's own fault: reported, never retried)
         error = DriverError(Reason.DRIVER_FAILED, f"the driver failed: {type(failure).__name__}: {failure}")
     try:
-        message = termination_message(output, error, destination, driver.metrics if driver else None)
+        message = termination_message(output, error, destination, driver.metrics if driver else None,
+                                      driver.logs_uri if driver else None, driver.log_tail if driver else None)
     except Exception as failure:  # noqa: BLE001
         error = DriverError(Reason.DRIVER_FAILED, f"the driver could not report the result: {type(failure).__name__}")
         message = termination_message(None, error, None)
