@@ -48,6 +48,7 @@ from support.e2e import (
     wait_for,
     wait_phase,
 )
+from support.metrics import scrape
 from support.node_agent import HOST_IMAGE
 from support.paths import DRIVER_MODELS, EXAMPLES
 from support.registries import Registries
@@ -76,6 +77,7 @@ def images(cluster: Cluster, registries: Registries) -> dict[str, str]:
     """The models as images in the anonymous test registry, each mapped to its folder on the node."""
     models = {"hello-train": EXAMPLES / "hello-train", "tiny-lm": EXAMPLES / "tiny-lm",
               "fails": DRIVER_MODELS / "fails", "sleeps": DRIVER_MODELS / "sleeps",
+              "progress": DRIVER_MODELS / "progress",
               "slow-setup": DRIVER_MODELS / "slow-setup"}
     return {name: push_model(cluster, registries.anonymous, name, folder) for name, folder in models.items()}
 
@@ -230,6 +232,8 @@ def test_the_chart_is_installed_and_the_operator_runs_under_its_service_account(
                                            ("create", "clusterrolebindings", "", "no")):
         args = ["auth", "can-i", verb, resource] + (["-n", where] if where else [])
         assert as_operator.run(*args, check=False).stdout.strip() == allowed, (verb, resource, where)
+    assert as_operator.run("auth", "can-i", "get", "pods", "--subresource=log", "-n", "default",
+                           check=False).stdout.strip() == "yes", "the driver's log, for a training's progress"
     # The operator kept the TLS Secret made for it (it serves the Service's names) and wrote its CA into both
     # webhooks of the configuration, which the chart renders without a caBundle.
     configuration = json.loads(kubectl.run("get", "validatingwebhookconfiguration", FULLNAME, "-o", "json").stdout)
@@ -386,6 +390,52 @@ def test_a_train_that_raises_fails_the_training_with_the_models_error(api: clien
     assert any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in job.status.conditions)
     assert "ERROR" in kubectl.run("get", "trainings", "-n", namespace, "-o", "wide").stdout.splitlines()[0]
     assert not training["status"].get("restarts"), "a training that fails by itself is never started again"
+
+
+def test_a_running_training_shows_its_progress_and_metrics_and_a_failed_one_its_log(
+        api: client.ApiClient, kubectl: Kubectl, images: dict[str, str], namespace: str,
+        operator: OperatorProcess) -> None:
+    """The model draws a tqdm bar, records metrics through Cog and prints a Secret input's value; the driver prints
+    progress records, the operator reads the driver's log through the API's pods/log (the node agent serves it)
+    and writes the status while the training runs (docs/operator.md, "Progress and logs")."""
+    secret = f"e2e-s3kr1t-{uuid.uuid4().hex[:8]}"
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub"}, "stringData": {"token": secret}},
+                  "-n", namespace)
+    kubectl.apply(training_manifest("watched", images["progress"], {"steps": 10, "seconds": 4, "fail": True},
+                                    "pvc://trainings/x", secretInputs={"token": {"name": "hub", "key": "token"}}),
+                  "-n", namespace)
+    wait_phase(api, namespace, "watched", "Running", timeout=90)
+
+    def progressing() -> dict[str, Any] | None:
+        status = read_training(api, namespace, "watched").get("status") or {}
+        return status if status.get("phase") == "Running" and status.get("progress") and status.get("metrics") else None
+
+    status = wait_for("progress and metrics in the status while the training runs", progressing, timeout=45)
+    progress, metrics = status["progress"], status["metrics"]
+    assert 0 < progress["percent"] < 100 and progress["total"] == 10 and 0 < progress["current"] < 10
+    assert progress["percent"] == progress["current"] * 10
+    assert 0 < metrics["values"]["loss"] <= 1 and metrics["values"]["phase"] in ("warmup", "main")
+    assert status["lastLog"]["line"] and secret not in json.dumps(status)
+    table = kubectl.run("get", "training", "watched", "-n", namespace).stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "PHASE", "PROGRESS"], table
+    assert table[1].split()[2].replace(".", "").isdigit(), table
+    samples = scrape(operator.metrics_port)
+    gauge = ("cogtrain_training_progress_percent", (("name", "watched"), ("namespace", namespace)))
+    assert gauge in samples and 0 < samples[gauge] <= 100
+
+    kubectl_wait(kubectl, namespace, "watched", "Failed", timeout=120)
+    status = read_training(api, namespace, "watched")["status"]
+    assert status["error"] == "the model's training failed: RuntimeError: diverged after 10 steps"
+    assert status["logs"] == f"pvc://trainings/x/{namespace}/watched/logs.txt"
+    stored = pvc_path(api, namespace, status["logs"]).read_text()
+    assert "logging in with ***\n" in stored and "10/10 [" in stored and "trained 10 steps\n" in stored
+    tail = status["logTail"].split("\n")
+    assert "trained 10 steps" in tail and len(tail) <= 20 and len(status["logTail"].encode()) <= 2048
+    assert status["progress"]["percent"] >= progress["percent"], "the progress stays at the end"
+    described = kubectl.run("describe", "training", "watched", "-n", namespace).stdout
+    assert "trained 10 steps" in described, "kubectl describe shows why without the Pod"
+    assert secret not in json.dumps(status) + stored + described
+    assert gauge not in scrape(operator.metrics_port), "the series goes when the Training ends"
 
 
 def _cancel_one_and_delete_the_other(api: client.ApiClient, kubectl: Kubectl, namespace: str, image: str,

@@ -209,7 +209,8 @@ class RedactingWriter:
 
 LOG_FILE_LIMIT = 64 * 2**20  # bytes of logs.txt: beyond, its head and a rolling tail
 RECORD_EVERY = 2.0  # seconds: at most one progress record this often, unless the log runs on
-RECORD_LINES, RECORD_BYTES = 50, 8192  # ... or this much log was echoed since the last record
+RECORD_LINES, RECORD_BYTES = 100, 16384  # ... or this much log was echoed since the last record (the operator
+# reads the last 200 lines, 64 KiB: a record is always among them)
 
 
 class BoundedLog:

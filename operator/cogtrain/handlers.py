@@ -801,9 +801,10 @@ def pod_refused(runtime: Runtime, namespace: str, name: str) -> None:
 
 # --- progress from the driver's log ------------------------------------------------------------
 
-PROGRESS_TAIL_LINES = 100  # the driver prints a record at least every 50 lines of the model's log
+PROGRESS_TAIL_LINES = 200  # the driver prints a record at least every 100 lines (16 KiB) of the model's log
 PROGRESS_TAIL_BYTES = 64 * 1024
 PROGRESS_READ_TIMEOUT = 5.0
+PROGRESS_WORKERS = 2
 
 
 @kopf.on.startup()
@@ -833,14 +834,19 @@ async def _progress_reads(runtime: Runtime) -> None:
     progress_reads_per_second in all) have the tail of their driver's log read, a few at a time."""
     pacer = Pacer(runtime.settings.progress_interval_seconds, runtime.settings.progress_reads_per_second)
     loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(1.0)
-        running = _running(runtime)
-        due = pacer.due(loop.time(), running)
-        reads = [loop.run_in_executor(runtime.executor, read_progress, runtime, key, running[key]) for key in due]
-        for key, outcome in zip(due, await asyncio.gather(*reads, return_exceptions=True), strict=True):
-            if isinstance(outcome, Exception):
-                LOGGER.warning("reading the progress of Training %s/%s failed: %s", key[0], key[1], outcome)
+    # Threads of their own: a slow kubelet relaying a log never holds up the status writers' threads.
+    threads = concurrent.futures.ThreadPoolExecutor(PROGRESS_WORKERS, thread_name_prefix="cogtrain-progress")
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            running = _running(runtime)
+            due = pacer.due(loop.time(), running)
+            reads = [loop.run_in_executor(threads, read_progress, runtime, key, running[key]) for key in due]
+            for key, outcome in zip(due, await asyncio.gather(*reads, return_exceptions=True), strict=True):
+                if isinstance(outcome, Exception):
+                    LOGGER.warning("reading the progress of Training %s/%s failed: %s", key[0], key[1], outcome)
+    finally:
+        threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _driver_log(runtime: Runtime, namespace: str, pod: str, lines: int) -> tuple[str, bool]:
@@ -858,13 +864,14 @@ def _driver_log(runtime: Runtime, namespace: str, pod: str, lines: int) -> tuple
 def read_progress(runtime: Runtime, key: Key, pod: str) -> Record | None:
     """The last progress record in the Pod's driver log, written into the status of the Training that owns the
     Pod when it differs from what the status shows; nothing else is written, and a record that is not valid is
-    ignored. A tail cut by the byte limit (lines longer than it) is read again, shorter."""
+    ignored. The byte limit keeps the beginning of the tail: a tail it cut with no record in it (long lines) is
+    read again, as many lines as half of what fitted."""
     namespace, name = key
     try:
         text, cut = _driver_log(runtime, namespace, pod, PROGRESS_TAIL_LINES)
         record = last_record(text)
         if record is None and cut:
-            record = last_record(_driver_log(runtime, namespace, pod, 3)[0])
+            record = last_record(_driver_log(runtime, namespace, pod, max(2, text.count("\n") // 2))[0])
     except ApiException as error:
         if error.status in (400, 404):  # the container is gone or not started: nothing to read
             return None
