@@ -93,22 +93,24 @@ def operator_cpu(reads: int) -> tuple[float, float, int]:
     return statistics.mean(samples) * 1000, statistics.mean(parse) * 1000, len(body)
 
 
-def driver_overhead(lines: int = 200_000) -> tuple[int, int, int]:
-    """(model log bytes, record bytes added, records) for a model printing `lines` short lines with 8 metrics."""
+def driver_overhead(lines: int = 200_000) -> tuple[int, int, int, float]:
+    """(model log bytes, record bytes added, records, CPU seconds of the tee) for a model printing `lines` short
+    lines with 8 metrics."""
     out = io.StringIO()
     clock = [0.0]
     writer = LogTee(out, records=True, tracker=Tracker(), clock=lambda: clock[0])
     writer.metrics({f"m{i}": 0.5 * i for i in range(8)})
-    printed = 0
-    for i in range(0, lines, 100):  # a webhook's batch: 100 lines, 0.5 s apart
-        batch = "".join(f"step {j}/{lines} loss {1 / (j + 1):.4f}\n" for j in range(i, i + 100))
+    batches = ["".join(f"step {j}/{lines} loss {1 / (j + 1):.4f}\n" for j in range(i, i + 100))
+               for i in range(0, lines, 100)]  # a webhook's batch: 100 lines, 0.5 s apart
+    started = time.process_time()
+    for batch in batches:
         writer.write(batch)
-        printed += len(batch)
         clock[0] += 0.5
         writer.tick()
+    cpu = time.process_time() - started
     text = out.getvalue()
     records = [line for line in text.split("\n") if line.startswith(MARKER)]
-    return printed, sum(len(r) + 1 for r in records), len(records)
+    return sum(map(len, batches)), sum(len(r) + 1 for r in records), len(records), cpu
 
 
 def main() -> None:
@@ -128,9 +130,10 @@ def main() -> None:
     print(f"the cap, {cap:g} reads/s: the interval stays {interval:g} s up to {full:.0f} running Trainings; past that "
           f"each is read every N/{cap:g} s (1,000 running: every {1000 / cap:.0f} s, "
           f"{60 * cap / 1000:.1f} reads a minute each); the operator then spends {cap * per_read / 10:.1f}% of a core")
-    model, added, records = driver_overhead()
+    model, added, records, cpu = driver_overhead()
     print(f"driver: {records} records, {added / 1024:.0f} KiB added to {model / 1024:.0f} KiB of model log "
-          f"({100 * added / model:.1f}%) for 200,000 short lines printed over {200_000 // 100 * 0.5:.0f} s")
+          f"({100 * added / model:.1f}%) for 200,000 short lines printed over {200_000 // 100 * 0.5:.0f} s; "
+          f"the tee (parse, records, echo) took {cpu:.2f} s CPU, {cpu / (model / 2**20):.2f} s per MiB")
 
 
 if __name__ == "__main__":

@@ -487,7 +487,11 @@ def test_env_defaults() -> None:
         "COGTRAIN_DRIVER_IMAGE": DEFAULT_IMAGE,
         "COGTRAIN_DRIVER_IMAGE_PULL_POLICY": "IfNotPresent",
         "COGTRAIN_GPU_RESOURCE_NAME": "nvidia.com/gpu",
+        "COGTRAIN_PROGRESS_INTERVAL_SECONDS": "20",
+        "COGTRAIN_PROGRESS_READS_PER_SECOND": "10",
     }
+    settings = settings_from(operator_env())
+    assert (settings.progress_interval_seconds, settings.progress_reads_per_second) == (20, 10)
 
 
 @pytest.mark.unit
@@ -501,6 +505,7 @@ def test_env_custom() -> None:
     assert json.loads(env["COGTRAIN_DEFAULT_NODE_SELECTOR"]) == TRAINING_NODE_SELECTOR
     assert json.loads(env["COGTRAIN_DEFAULT_TOLERATIONS"]) == [TRAINING_TOLERATION]
     assert env["COGTRAIN_INSECURE_REGISTRIES"] == "registry.internal:5000,mirror.internal"
+    assert (env["COGTRAIN_PROGRESS_INTERVAL_SECONDS"], env["COGTRAIN_PROGRESS_READS_PER_SECOND"]) == ("30", "2.5")
     # ... and the operator reads them as meant.
     settings = settings_from(env)
     assert settings.driver_image == env["COGTRAIN_DRIVER_IMAGE"]

@@ -107,10 +107,11 @@ def test_an_unwritable_destination_fails_before_the_training_starts(tmp_path: Pa
     log = io.StringIO()
     driver = Driver(model_url=server.url, training_id="t1", inputs={"lines": 10**9}, log=log,
                     destination=destination_for(f"s3://{BUCKET}/x", tmp_path, "ml", "tok", s3.env("reader")),
-                    scratch=tmp_path / "scratch")
+                    scratch=tmp_path / "scratch", keep_log=True, records=True)
     started = time.monotonic()
     error = expect_failure(server, driver)
     assert time.monotonic() - started < 15
+    assert driver.logs_uri is None, "logs.txt is not tried where the check was refused"
     assert error.reason == "DestinationUnwritable" and "AccessDenied" in error.message
     assert "step 0" not in log.getvalue(), "the training was never submitted"
     assert server.process.returncode is not None, "the model server was told to shut down"

@@ -39,7 +39,7 @@ def test_import_contracts_are_kept() -> None:
 
 
 def test_the_driver_never_loads_the_kubernetes_client() -> None:
-    """What `cogtrain drive` imports, in a fresh interpreter: the contract and destinations, not the operator."""
+    """What `cogtrain drive` imports, in a fresh interpreter: the contract, destinations and progress, not the operator."""
     probe = (
         "import sys, json; from cogtrain import cli; "
         "parser = cli.build_parser('drive'); "
@@ -52,7 +52,7 @@ def test_the_driver_never_loads_the_kubernetes_client() -> None:
     assert not {m for m in loaded if not m.startswith("cogtrain")}, loaded
     assert loaded <= {
         "cogtrain", "cogtrain.cli", "cogtrain.commands", "cogtrain.commands.drive",
-        "cogtrain.contract", "cogtrain.destinations", "cogtrain.driver", "cogtrain.jsonstream",
+        "cogtrain.contract", "cogtrain.destinations", "cogtrain.driver", "cogtrain.jsonstream", "cogtrain.progress",
     }, loaded
 
 

@@ -923,8 +923,10 @@ class Driver:
         receiver = Receiver(Path(tempfile.mkdtemp(dir=self.scratch)), self.listen, cast(TextIO, tee), self.notices,
                             self.redactor)
         receiver.on_metrics = lambda metrics: tee.metrics(metrics, self.redactor)
+        writable = False
         try:
             self.destination.check()
+            writable = True
             self._wait_ready(receiver)
             self._submit(receiver.url)
             self._await(receiver)
@@ -944,7 +946,7 @@ class Driver:
             self._shutdown()
             receiver.stop()
             tee.finish()
-            if log_file is not None:
+            if log_file is not None and writable:  # (a destination that refused the check is not tried again)
                 self._store_log(log_file, receiver)
 
     def _store_log(self, log_file: BoundedLog, receiver: Receiver) -> None:

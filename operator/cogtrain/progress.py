@@ -167,9 +167,9 @@ class Tracker:
         self.version = 0
         self._segment: list[str] = []
         self._segment_size = 0
-        self._progress: Progress | None = None
+        self._progress: tuple[tuple[float | None, int | None, int | None], datetime] | None = None
         self._metrics: Metrics | None = None
-        self._last_log: LastLog | None = None
+        self._last_log: tuple[str, datetime] | None = None
 
     def feed(self, text: str) -> None:
         for piece in re.split(r"([\r\n])", text):
@@ -192,18 +192,13 @@ class Tracker:
         line = clean_text(segment)
         if not line:
             return
-        when = _timestamp(self.now())
-        if self._last_log is None or self._last_log.line != line:
-            self._last_log = LastLog(line=line, observed_time=when)
+        if self._last_log is None or self._last_log[0] != line:
+            self._last_log = (line, self.now())
             self.version += 1
         found = parse_progress(segment, complete)
-        if found is not None:
-            percent, current, total = found
-            progress = Progress(percent=percent, current=current, total=total, observed_time=when)
-            before = self._progress
-            if before is None or (before.percent, before.current, before.total) != found:
-                self._progress = progress
-                self.version += 1
+        if found is not None and (self._progress is None or self._progress[0] != found):
+            self._progress = (found, self._last_log[1])
+            self.version += 1
 
     def metrics(self, metrics: Mapping[str, Any], redact: Callable[[str], str] = lambda text: text) -> None:
         """The model server's metrics, as its latest webhook reports them (Cog 0.23 sends them all each time)."""
@@ -216,7 +211,13 @@ class Tracker:
         """The current state, or None before anything was seen."""
         if self._progress is None and self._metrics is None and self._last_log is None:
             return None
-        return Record(progress=self._progress, metrics=self._metrics, last_log=self._last_log)
+        progress = last_log = None
+        if self._progress is not None:
+            (percent, current, total), when = self._progress
+            progress = Progress(percent=percent, current=current, total=total, observed_time=_timestamp(when))
+        if self._last_log is not None:
+            last_log = LastLog(line=self._last_log[0], observed_time=_timestamp(self._last_log[1]))
+        return Record(progress=progress, metrics=self._metrics, last_log=last_log)
 
 
 def escape(line_start: str) -> str:

@@ -53,6 +53,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "defaultDestinationSecret": "s3-writer",
         "trainingPods": {"nodeSelector": TRAINING_NODE_SELECTOR, "tolerations": [TRAINING_TOLERATION]},
         "insecureRegistries": ["registry.internal:5000", "mirror.internal"],
+        "progress": {"intervalSeconds": 30, "readsPerSecond": 2.5},
         "logLevel": "debug",
         "logFormat": "json",
         "serviceAccount": {"name": "cogtrain", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
