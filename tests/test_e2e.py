@@ -324,6 +324,7 @@ def test_the_hello_train_example_runs_from_kubectl_apply_to_weights(api: client.
     status = training["status"]
     assert status["weights"] == f"pvc://trainings/hello/{namespace}/hello-train/0.bin"
     assert pvc_path(api, namespace, status["weights"]).read_bytes() == b"hello train"
+    assert status["logs"] == f"pvc://trainings/hello/{namespace}/hello-train/logs.txt", "the log, next to the weights"
     assert status["imageDigest"].startswith(images["hello-train"].rsplit(":", 1)[0] + "@sha256:")
     assert condition(training, "Validated")["reason"] == "InputsValid"
     assert condition(training, "Ready")["status"] == "True"
@@ -341,7 +342,7 @@ def test_the_hello_train_example_runs_from_kubectl_apply_to_weights(api: client.
     assert "received 0.bin: 11 bytes" in driver_log and "the training succeeded" in driver_log
     # What a user sees: the printer columns.
     table = kubectl.run("get", "trainings", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "RESTARTS", "MODEL", "WEIGHTS", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "RESTARTS", "MODEL", "WEIGHTS", "AGE"]
     assert table[1].split()[:2] == ["hello-train", "Succeeded"] and status["weights"] in table[1]
     wide = kubectl.run("get", "trainings", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-1] == "ERROR"
