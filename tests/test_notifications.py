@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cogtrain import notify
+from cogtrain import metrics, notify
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
@@ -70,6 +70,15 @@ def training_spec(registries: Registries, receiver: Receiver, **extra: Any) -> d
             "webhook": receiver.url, **extra}
 
 
+def failures(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("cogtrain_webhook_delivery_failures_total", {"reason": reason}) or 0.0
+
+
+def delivered(event: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "cogtrain_webhook_deliveries_total", {"event": event, "outcome": "delivered"}) or 0.0
+
+
 def assert_clean(receiver: Receiver) -> None:
     """Every delivery verified, and no Secret's value (the input's, the signing key's) in any of them."""
     for delivery in receiver.received():
@@ -82,6 +91,8 @@ def assert_clean(receiver: Receiver) -> None:
 def test_a_successful_training_sends_start_output_completed_signed(
         kube: KubeAPI, cluster: Cluster, registries: Registries, receiver: Receiver) -> None:
     receiver.script = [500, 0, 503]  # the start event: two errors and a timeout, then delivered
+    before = {event: delivered(event) for event in ("start", "output", "completed")}
+    timeouts = failures("connection")
     running = operator_with(kube, receiver)
     try:
         created = cluster.create_training("tok", training_spec(registries, receiver))
@@ -107,6 +118,9 @@ def test_a_successful_training_sends_start_output_completed_signed(
     assert completed["output"] == REPORT["output"] and completed["metrics"] == {"predict_time": 12.5}
     assert completed["version"] == status["imageDigest"] and completed["completed_at"] == status["completionTime"]
     assert status["notifications"]["attempts"] == 6 and status["phase"] == "Succeeded"
+    assert {event: delivered(event) - before[event] for event in before} == dict.fromkeys(before, 1.0)
+    assert failures("connection") - timeouts == 1
+    assert metrics.REGISTRY.get_sample_value("cogtrain_webhook_delivery_duration_seconds_count", {"event": "start"})
 
 
 @pytest.mark.integration
@@ -126,15 +140,16 @@ def test_the_events_filter_is_respected(kube: KubeAPI, cluster: Cluster, registr
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("script", "attempts", "error"), [
-    ([503] * 20, 3, "HTTP 503"),  # out of attempts
-    ([404], 1, "HTTP 404"),  # a 4xx is final
-    ([302], 1, "HTTP 302"),  # a redirect is never followed
+@pytest.mark.parametrize(("script", "attempts", "error", "reason"), [
+    ([503] * 20, 3, "HTTP 503", "http_5xx"),  # out of attempts
+    ([404], 1, "HTTP 404", "http_4xx"),  # a 4xx is final
+    ([302], 1, "HTTP 302", "redirect"),  # a redirect is never followed
 ])
 def test_an_event_is_given_up_bounded_and_the_training_goes_on(
         kube: KubeAPI, cluster: Cluster, registries: Registries, receiver: Receiver,
-        script: list[int], attempts: int, error: str) -> None:
+        script: list[int], attempts: int, error: str, reason: str) -> None:
     receiver.script = list(script)
+    failures_before = failures(reason)
     running = operator_with(kube, receiver, webhook_max_attempts=3)
     try:
         cluster.create_training("tok", training_spec(registries, receiver, webhookEventsFilter=["start"]))
@@ -147,6 +162,7 @@ def test_an_event_is_given_up_bounded_and_the_training_goes_on(
         running.stop()
     assert error in notes["lastError"] and error in event["message"] and event["type"] == "Warning"
     assert len(receiver.received()) == attempts == notes["attempts"]
+    assert failures(reason) - failures_before == attempts, "cogtrain_webhook_delivery_failures_total{reason}"
     assert all(d.headers["webhook-id"] == receiver.received()[0].headers["webhook-id"] for d in receiver.received())
     assert_clean(receiver)
 

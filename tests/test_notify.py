@@ -361,3 +361,56 @@ def test_admission_warns_about_a_webhook_the_operator_will_not_send() -> None:
     [warning] = webhook_warnings(spec, Settings())
     assert "must be https://" in warning and "the training runs" in warning
     assert webhook_warnings(spec, Settings(webhook_allow_http=True)) == []
+
+
+# --- the outbox (notifier.offer: no I/O) --------------------------------------------------------------
+
+
+def outbox_of(notifier: Any) -> dict[str, Any]:
+    return dict(notifier._boxes)
+
+
+@pytest.mark.unit
+def test_offer_queues_due_events_and_forgets_what_status_records() -> None:
+    from cogtrain.notifier import Notifier
+
+    notifier = Notifier(Settings(), api_client=None)  # type: ignore[arg-type]  (offer does no I/O)
+    try:
+        plain = training(SUCCEEDED)
+        del plain["spec"]["webhook"]
+        notifier.offer(None, plain)
+        assert outbox_of(notifier) == {}, "no webhook: nothing kept"
+        notifier.offer(None, training(PENDING))
+        box = outbox_of(notifier)[UID]
+        assert box.events == ["start"] and box.snapshots["start"]["status"]["phase"] == "Pending"
+        notifier.offer(None, training(SUCCEEDED))
+        assert box.events == ["start", "output", "completed"]
+        assert box.snapshots["start"]["status"]["phase"] == "Pending", "an event describes the Training as it was"
+        box.done = {"start": "delivered"}  # delivered, its record not yet seen on the watch
+        box.events = box.events[1:]
+        notifier.offer(None, training(SUCCEEDED))
+        assert box.events == ["output", "completed"], "not sent twice while its record is on its way"
+        recorded = {**SUCCEEDED, "notifications": {"delivered": ["start", "output"], "failed": ["completed"]}}
+        notifier.offer(None, training(recorded))
+        assert outbox_of(notifier) == {}, "finished and all recorded: forgotten"
+        notifier.offer(None, training(RUNNING))
+        notifier.offer("DELETED", training(RUNNING))
+        assert outbox_of(notifier) == {}
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
+def test_the_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cogtrain import notifier as module
+
+    monkeypatch.setattr(module, "MAX_OUTBOXES", 2)
+    notifier = module.Notifier(Settings(), api_client=None)  # type: ignore[arg-type]
+    try:
+        for index in range(3):
+            body = training(PENDING)
+            body["metadata"]["uid"] = f"uid-{index}"
+            notifier.offer(None, body)
+        assert sorted(outbox_of(notifier)) == ["uid-0", "uid-1"], "the third waits for its next watch event"
+    finally:
+        notifier.stop()

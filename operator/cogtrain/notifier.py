@@ -98,6 +98,7 @@ class Outbox:
     body: dict[str, Any]  # the Training as its watch last showed it
     context: contextvars.Context  # kopf's, to post Events from a delivery thread
     events: list[str] = field(default_factory=list)  # recorded events due, in order
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)  # each due event's Training, as first seen
     done: dict[str, str] = field(default_factory=dict)  # event -> "delivered"/"failed", not yet in status
     attempts: int = 0  # failed attempts of the head event
     first_attempt: float | None = None
@@ -166,6 +167,8 @@ class Notifier:
             seen = notify.recorded(body)
             box.done = {event: what for event, what in box.done.items() if event not in seen}
             box.events = [event for event in due if event not in box.done] if not box.refused else []
+            for event in box.events:  # an event describes the Training as it was when it happened
+                box.snapshots.setdefault(event, box.body)
             if logs is not None:
                 box.logs = logs
             self._forget_if_idle(uid, box)
@@ -222,7 +225,7 @@ class Notifier:
         with self._lock:
             event = box.events[0] if box.events and self.now() >= box.next_at else None
             logs = box.logs if event is None else None
-            body = dict(box.body)
+            body = dict(box.snapshots.get(event, box.body) if event else box.body)
         if event is None and logs is None:
             return
         name = event or "logs"
@@ -316,6 +319,7 @@ class Notifier:
                 if box.events and box.events[0] == event:
                     box.events.pop(0)
                 box.done[event] = "delivered" if verdict == "delivered" else "failed"
+                box.snapshots.pop(event, None)
                 box.attempts, box.first_attempt, box.next_at = 0, None, 0.0
         if verdict != "delivered":
             LOGGER.info("webhook of Training %s/%s: %s%s", *box.key, detail, "" if delay is not None else "; given up")
@@ -329,7 +333,7 @@ class Notifier:
             box.last_error = message
             for event in box.events:
                 box.done[event] = "failed"
-            box.events = []
+            box.events, box.snapshots = [], {}
         LOGGER.info("webhook of Training %s/%s refused: %s", *box.key, message)
         self._event(box, Reason.WEBHOOK_REFUSED, message)
         self._record(box)
