@@ -175,7 +175,8 @@ class Notifier:
 
     def _forget_if_idle(self, uid: str, box: Outbox) -> None:
         finished = (box.body.get("status") or {}).get("phase") in notify.FINISHED
-        if not box.busy and not box.events and not box.done and (finished or box.refused):
+        # kept while it runs only to remember which log state was sent (a Training asking for `logs`)
+        if not box.busy and not box.events and not box.done and (finished or box.refused or box.logs is None):
             self._boxes.pop(uid, None)
 
     # --- the task ---
