@@ -4,6 +4,7 @@ receiver that verifies every signature with the independent `standardwebhooks` p
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from kubernetes import client
 
 from cogtrain import metrics, notify
 from cogtrain.handlers import Runtime
+from cogtrain.notifier import post
 from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
@@ -237,3 +239,30 @@ def test_logs_are_sent_coalesced_at_most_every_few_seconds(
         assert last[1].at - last[0].at >= notify.LOGS_INTERVAL - 0.3
     assert "notifications" not in cluster.status("tok") or "logs" not in str(cluster.status("tok")["notifications"])
     assert_clean(receiver)
+
+
+# --- one delivery, without the operator -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_post_connects_to_the_checked_address_verifies_tls_for_the_name_and_follows_no_redirect(
+        receiver: Receiver) -> None:
+    port = receiver.url.split(":")[2].split("/")[0]
+    by_name = f"https://localhost:{port}/hook?x=1"
+    body = notify.encode({"id": "t"})
+    headers = notify.headers(notify.signing_key(SIGNING), "msg_1", 1_700_000_000, body)
+    assert post(by_name, ["127.0.0.1"], body, headers, 2.0, str(receiver.ca_file)) == 200
+    [first] = receiver.received()
+    assert first.headers["host"] == f"localhost:{port}", "the name, though the connection went to the address"
+    receiver.script = [302]
+    assert post(by_name, ["127.0.0.1"], body, headers, 2.0, str(receiver.ca_file)) == 302
+    assert len(receiver.received()) == 2, "the redirect was not followed"
+    assert post(by_name, ["127.0.0.1"], body, headers, 2.0, None) is None, "not trusted by the system's CAs"
+    wrong_name = f"https://example.com:{port}/hook"
+    assert post(wrong_name, ["127.0.0.1"], body, headers, 2.0, str(receiver.ca_file)) is None, \
+        "the certificate is checked for the URL's host, not the address"
+    assert len(receiver.received()) == 2
+    receiver.script, receiver.hold = [0], 3.0
+    started = time.monotonic()
+    assert post(by_name, ["127.0.0.1"], body, headers, 1.0, str(receiver.ca_file)) is None
+    assert time.monotonic() - started < 2.5, "a receiver that does not answer is given up after the timeout"
