@@ -57,8 +57,9 @@ def test_url_problems(url: str, problem: str | None) -> None:
 
 @pytest.mark.unit
 @pytest.mark.parametrize(("spec", "message"), [
-    ({"webhook": "https://user:pw@hooks.example.com/"}, "spec.webhook"),
-    ({"webhook": "file:///etc/passwd"}, "spec.webhook"),
+    ({"webhook": "https://user:pw@hooks.example.com/"}, "spec.webhook: Value error, must not carry credentials"),
+    ({"webhook": "file:///etc/passwd"}, "spec.webhook: Value error, must be an absolute https:// URL"),
+    ({"webhook": "http://"}, "spec.webhook: String should have at least 8 characters"),
     ({"webhook": "https://h.example.com/", "webhookEventsFilter": ["start", "bogus"]}, "spec.webhookEventsFilter"),
     ({"webhook": "https://h.example.com/", "webhookEventsFilter": []}, "spec.webhookEventsFilter"),
     ({"webhook": "https://h.example.com/", "webhookEventsFilter": ["start", "start"]}, "names an event twice"),
@@ -68,7 +69,7 @@ def test_spec_refuses_bad_webhooks_naming_the_field(spec: dict[str, Any], messag
     body = {"spec": {"model": "r.example.com/m:1", **spec}}
     with pytest.raises(pydantic.ValidationError) as error:
         api.Training.model_validate(body)
-    problems = "; ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in error.value.errors())
+    problems = "; ".join("spec." + ".".join(map(str, e["loc"][1:])) + ": " + e["msg"] for e in error.value.errors())
     assert message in problems
 
 

@@ -232,7 +232,9 @@ class TrainingSpec(_Model):
         default=None,
         min_length=8,
         max_length=URL_MAX,
-        pattern=r"^https?://[^@/?#]+([/?#].*)?$",
+        # In the CRD only: the API server refuses what is not http(s) or carries user:password@; here the
+        # validator below says precisely what is wrong.
+        json_schema_extra={"pattern": r"^https?://[^@/?#]+([/?#].*)?$"},
         description=(
             "URL notified as the training starts, stores its output, logs and completes (Replicate's events), "
             "with the Training as Replicate's training object, signed the Standard Webhooks way. https:// "
