@@ -487,7 +487,9 @@ def test_env_defaults() -> None:
         "COGTRAIN_DRIVER_IMAGE": DEFAULT_IMAGE,
         "COGTRAIN_DRIVER_IMAGE_PULL_POLICY": "IfNotPresent",
         "COGTRAIN_GPU_RESOURCE_NAME": "nvidia.com/gpu",
+        "COGTRAIN_WEBHOOK_ALLOWED_HOSTS": "*",
     }
+    assert settings_from(operator_env()).destinations() == Settings().destinations()
 
 
 @pytest.mark.unit
@@ -510,6 +512,9 @@ def test_env_custom() -> None:
     assert settings.default_node_selector == TRAINING_NODE_SELECTOR
     assert settings.default_tolerations == [TRAINING_TOLERATION]
     assert settings.insecure_registries == ("registry.internal:5000", "mirror.internal")
+    assert settings.webhook_allowed_hosts == ("hooks.example.com", "*.corp.example")
+    assert settings.webhook_allowed_cidrs == ("10.20.0.0/16", "fd12::/16") and settings.webhook_allow_http
+    assert (settings.webhook_secret, settings.webhook_secret_key) == ("webhook-signing", "whsec")
 
 
 @pytest.mark.unit
