@@ -489,9 +489,11 @@ def test_env_defaults() -> None:
         "COGTRAIN_GPU_RESOURCE_NAME": "nvidia.com/gpu",
         "COGTRAIN_PROGRESS_INTERVAL_SECONDS": "20",
         "COGTRAIN_PROGRESS_READS_PER_SECOND": "10",
+        "COGTRAIN_WEBHOOK_ALLOWED_HOSTS": "*",
     }
     settings = settings_from(operator_env())
     assert (settings.progress_interval_seconds, settings.progress_reads_per_second) == (20, 10)
+    assert settings.destinations() == Settings().destinations()
 
 
 @pytest.mark.unit
@@ -515,6 +517,9 @@ def test_env_custom() -> None:
     assert settings.default_node_selector == TRAINING_NODE_SELECTOR
     assert settings.default_tolerations == [TRAINING_TOLERATION]
     assert settings.insecure_registries == ("registry.internal:5000", "mirror.internal")
+    assert settings.webhook_allowed_hosts == ("hooks.example.com", "*.corp.example")
+    assert settings.webhook_allowed_cidrs == ("10.20.0.0/16", "fd12::/16") and settings.webhook_allow_http
+    assert (settings.webhook_secret, settings.webhook_secret_key) == ("webhook-signing", "whsec")
 
 
 @pytest.mark.unit

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from cogtrain.notify import webhook_id
 from support.chart import FULLNAME
 from support.control_plane import Cluster
 from support.e2e import (
@@ -52,6 +53,7 @@ from support.metrics import scrape
 from support.node_agent import HOST_IMAGE
 from support.paths import DRIVER_MODELS, EXAMPLES
 from support.registries import Registries
+from support.webhook_receiver import SIGNING_SECRET, https_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -766,3 +768,43 @@ def test_the_operator_made_no_call_its_rbac_refused(operator: OperatorProcess) -
     refused = [line for line in operator.log_text().splitlines()
                if re.search(r"(?<![,.:])\b403\b|[Ff]orbidden", line)]
     assert refused == [], "\n".join(refused[:10])
+
+
+# --- 9. notifications -------------------------------------------------------------------------------------------
+
+
+def test_a_training_that_succeeds_notifies_a_real_https_receiver_signed(
+        api: client.ApiClient, kubectl: Kubectl, images: dict[str, str], namespace: str,
+        installation: Installation, operator_stopped: OperatorProcess, operator_kubeconfig: Path,
+        tmp_path: Path) -> None:
+    """start, output and completed, signed with the chart's default signing Secret and verified by the
+    independent `standardwebhooks` package, from the real operator process to a real HTTPS server."""
+    values = {"notifications": {"webhookAllowedCIDRs": ["127.0.0.1/32"], "webhookSecret": "webhook-signing"}}
+    with https_receiver(tmp_path / "receiver") as receiver:
+        notifying = OperatorProcess.from_chart(installation, tmp_path, operator_kubeconfig, values)
+        notifying.env["COGTRAIN_WEBHOOK_CA_BUNDLE"] = str(receiver.ca_file)
+        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "webhook-signing"},
+                       "stringData": {"webhook-secret": SIGNING_SECRET}}, "-n", namespace)
+        try:
+            notifying.start()
+            kubectl.apply(training_manifest("notified", images["hello-train"], {"param": "x"}, "pvc://trainings/x",
+                                            webhook=receiver.url), "-n", namespace)
+            kubectl_wait(kubectl, namespace, "notified", "Succeeded")
+            training = wait_for("the three events recorded", lambda: (t := read_training(api, namespace, "notified"))[
+                "status"].get("notifications", {}).get("delivered") == ["start", "output", "completed"] and t,
+                timeout=30)
+        finally:
+            notifying.stop()
+    answered = receiver.answered()
+    assert [d.status for d in answered] == ["starting", "succeeded", "succeeded"]
+    assert all(d.verified for d in receiver.received()), "every signature verifies with standardwebhooks"
+    uid = training["metadata"]["uid"]
+    assert [d.headers["webhook-id"] for d in answered] == [
+        webhook_id(uid, event) for event in ("start", "output", "completed")]
+    completed = answered[-1].document
+    status = training["status"]
+    assert (completed["id"], completed["output"], completed["version"]) == (uid, status["output"],
+                                                                           status["imageDigest"])
+    assert completed["input"] == {"param": "x"} and completed["completed_at"] == status["completionTime"]
+    assert all(SIGNING_SECRET.removeprefix("whsec_") not in d.body.decode() + str(d.headers)
+               for d in receiver.received())

@@ -46,6 +46,8 @@ def needs(spec: Mapping[str, Any]) -> list[Need]:
     secret("spec.destinationSecretRef", destination.get("name") if isinstance(destination, Mapping) else None)
     for index, ref in enumerate(spec.get("imagePullSecrets") or []):
         secret(f"spec.imagePullSecrets[{index}]", ref.get("name") if isinstance(ref, Mapping) else None)
+    signing = spec.get("webhookSecretRef")
+    secret("spec.webhookSecretRef", signing.get("name") if isinstance(signing, Mapping) else None)
     return found
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from . import api
+from . import api, notify
 from .checks import check
 from .contract import MESSAGE_LIMIT
 from .registry import RegistryError
@@ -74,13 +74,25 @@ def review_create(
             return Decision(False, "denied", f"cannot check the inputs of {_name(body)} now: {reason}; try again")
         return Decision(True, "unchecked", warnings=[
             f"the inputs were not checked ({reason}); the operator checks them before the training starts"
-        ])
+        ] + webhook_warnings(spec, settings))
     checked = check(training, model, settings)
-    warnings = [str(warning) for warning in checked.warnings]
+    warnings = [str(warning) for warning in checked.warnings] + webhook_warnings(spec, settings)
     if not checked.ok:
         message = f"{_name(body)} is invalid for {model.pinned}: " + summarize(checked.problems, MESSAGE_LIMIT)
         return Decision(False, "denied", message, warnings)
     return Decision(True, "allowed", warnings=warnings)
+
+
+def webhook_warnings(spec: api.TrainingSpec, settings: Settings) -> list[str]:
+    """A webhook the operator's settings will not send to: admitted (it never changes the training), with
+    a warning. Only the URL's form and host name are judged here; its addresses are checked when sending."""
+    if spec.webhook is None:
+        return []
+    try:
+        notify.target(spec.webhook, settings.destinations())
+    except notify.Refused as refused:
+        return [f"{refused}; the training runs, but no webhook will be sent"]
+    return []
 
 
 def deny_access(body: Mapping[str, Any], refused: list[str]) -> Decision:

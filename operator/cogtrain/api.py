@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from kubernetes.client.models.v1_affinity import V1Affinity
 from kubernetes.client.models.v1_local_object_reference import V1LocalObjectReference
 from kubernetes.client.models.v1_toleration import V1Toleration
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
+from .notify import URL_MAX, url_problem
 from .progress import LastLog, Metrics, Progress
 
 GROUP = "cog.run"
@@ -107,6 +108,9 @@ class Resources(_Model):
         max_length=32,
         description="Resource limits of the model container. The GPU limit is set from `gpus`.",
     )
+
+
+WebhookEvent = Literal["start", "output", "logs", "completed"]
 
 
 class TrainingSpec(_Model):
@@ -225,6 +229,50 @@ class TrainingSpec(_Model):
         default=False,
         description="Set to true to stop the training; the Training stays, with phase Canceled.",
     )
+    webhook: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=URL_MAX,
+        # In the CRD only: the API server refuses what is not http(s) or carries user:password@; here the
+        # validator below says precisely what is wrong.
+        json_schema_extra={"pattern": r"^https?://[^@/?#]+([/?#].*)?$"},
+        description=(
+            "URL notified as the training starts, stores its output, logs and completes (Replicate's events), "
+            "with the Training as Replicate's training object, signed the Standard Webhooks way. https:// "
+            "unless the operator allows http; the operator's settings say which hosts may be reached."
+        ),
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4,
+        description=(
+            "Which events are sent: start, output, logs (at most every 5 s), completed. Unset: all four, "
+            "as Replicate does."
+        ),
+    )
+    webhook_secret_ref: SecretKeySelector | None = Field(
+        default=None,
+        description=(
+            "Key of a Secret in the Training's namespace holding the signing secret (whsec_<base64>). Unset: the "
+            "operator's default signing Secret."
+        ),
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        problem = url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _events_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names an event twice")
+        return value
 
 
 class Phase(StrEnum):
@@ -280,6 +328,21 @@ class Disruption(_Model):
     reason: str = Field(max_length=128, description="The condition's reason, e.g. EvictionByEvictionAPI.")
     message: str = Field(default="", max_length=500, description="The condition's message.")
     time: datetime | None = Field(default=None, description="When it happened.")
+
+
+class Notifications(_Model):
+    """What became of the webhook's events: each delivered or given up is recorded, so none is lost or
+    sent again needlessly across operator restarts."""
+
+    delivered: list[str] | None = Field(
+        default=None, max_length=8, description="Events the webhook acknowledged (2xx): start, output, completed."
+    )
+    failed: list[str] | None = Field(
+        default=None, max_length=8, description="Events given up on (refused, or out of retries); see lastError."
+    )
+    attempts: int | None = Field(default=None, ge=0, description="Delivery attempts made, all events together.")
+    last_error: str | None = Field(default=None, max_length=1024, description="Why the last failed attempt failed.")
+    last_attempt_time: datetime | None = Field(default=None, description="When the last attempt was made.")
 
 
 class TrainingStatus(_Model):
@@ -338,6 +401,9 @@ class TrainingStatus(_Model):
     )
     disruptions: list[Disruption] | None = Field(
         default=None, max_length=10, description="The latest disruptions (at most 10), oldest first."
+    )
+    notifications: Notifications | None = Field(
+        default=None, description="Deliveries of spec.webhook's events (recorded ones: start, output, completed)."
     )
     kopf: FreeForm = Field(default=None, description="Bookkeeping of the operator framework (kopf).")
 

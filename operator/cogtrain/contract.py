@@ -127,6 +127,9 @@ class Reason(StrEnum):
     DRIVER_FAILED = "DriverFailed"
     DRIVER_RESULT_MISSING = "DriverResultMissing"
     PREDICTION_FAILED = "PredictionFailed"
+    # notifications (Events only; the training goes on whatever they say)
+    WEBHOOK_REFUSED = "WebhookRefused"
+    WEBHOOK_FAILED = "WebhookFailed"
 
 
 # The exit code of each reason the driver can end with; any other reason is the training's failure.

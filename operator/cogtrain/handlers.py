@@ -39,6 +39,7 @@ from . import access, admission, api, metrics, preflight, storage, webhook
 from .checks import check
 from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
+from .notifier import Notifier
 from .progress import Record, last_record
 from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
@@ -104,6 +105,8 @@ class Runtime(ApiClients):
     refusals: asyncio.Task[None] | None = None  # the checks for refused Pods (`watch_refusals`)
     progress: asyncio.Task[None] | None = None  # the reads of running Trainings' progress (`watch_progress`)
     syncs: Coalescer = field(default_factory=Coalescer)  # the Trainings whose status a thread is syncing
+    notifier: Notifier | None = None  # the webhook deliveries (`watch_refusals` starts them)
+    notifications: asyncio.Task[None] | None = None  # the task handing due webhook events to its threads
 
     @classmethod
     def create(cls, settings: Settings, api_client: client.ApiClient, **options: Any) -> Runtime:
@@ -731,20 +734,25 @@ REFUSAL_INTERVAL = 30.0  # seconds between two reads of a waiting Job's Events
 @kopf.on.startup()
 async def watch_refusals(memo: kopf.Memo, **_: Any) -> None:
     """Start the checks for refused Pods: one task for the whole operator, not a kopf timer per Training
-    (kopf puts a finalizer on every object a timer may run for, two PATCHes per Training, often refused)."""
+    (kopf puts a finalizer on every object a timer may run for, two PATCHes per Training, often refused);
+    and the webhook deliveries (`notifier`), one task and a few threads of their own."""
     runtime = _runtime(memo)
     runtime.refusals = asyncio.create_task(_refusal_checks(runtime), name="refused Pods")
+    runtime.notifier = Notifier(runtime.settings, runtime.api_client, request_timeout=runtime.request_timeout)
+    runtime.notifications = asyncio.create_task(runtime.notifier.run(), name="webhook deliveries")
 
 
 @kopf.on.cleanup()
 async def stop_background(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the checks for refused Pods, the progress reads and the status writers' threads."""
+    """Stop the checks for refused Pods, the progress reads, the webhook deliveries and the status writers' threads."""
     runtime = _runtime(memo)
-    for task in (runtime.refusals, runtime.progress):
+    for task in (runtime.refusals, runtime.progress, runtime.notifications):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    if runtime.notifier is not None:
+        runtime.notifier.stop()
     if runtime.executor is not None:
         runtime.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -939,6 +947,8 @@ async def track(body: kopf.Body, type: str | None, uid: str | None, memo: Any, *
         _dispatch(runtime, key)
     if type == "DELETED" or (body.get("status") or {}).get("phase") in FINISHED:
         metrics.PROGRESS.forget(*key)
+    if runtime.notifier is not None:
+        runtime.notifier.offer(type, body)  # no I/O: due webhook events are queued for the delivery threads
     if uid is None:
         return
     if type == "DELETED":

@@ -52,6 +52,22 @@ ADMISSION_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "cogtrain_webhook_deliveries",
+    "Webhook delivery attempts, by event (start, output, logs, completed) and outcome (delivered, retry, give_up).",
+    ["event", "outcome"], registry=REGISTRY,
+)
+WEBHOOK_FAILURES = Counter(
+    "cogtrain_webhook_delivery_failures",
+    "Failed webhook delivery attempts, by reason (connection, http_5xx, http_408, http_429, http_4xx, redirect, "
+    "refused, secret).",
+    ["reason"], registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "cogtrain_webhook_delivery_duration_seconds", "Time of one webhook delivery attempt, by event.",
+    ["event"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+
 
 def _parse_time(value: Any) -> datetime | None:
     try:

@@ -6,14 +6,16 @@ flag has a COGTRAIN_* environment variable so the Helm chart can set them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from .api import DEFAULT_GPU_RESOURCE
+from .notify import Destinations, RetryPolicy
 from .registry import insecure_registries_from_env
 
 DEFAULT_DRIVER_IMAGE = f"ghcr.io/cog-training-operator/cogtrain:{__version__}"
@@ -45,6 +47,42 @@ class Settings(BaseModel):
     progress_reads_per_second: float = Field(
         default=10.0, gt=0, description="Most driver-log reads per second, all Trainings together (a cost cap)."
     )
+    webhook_allowed_hosts: tuple[str, ...] = Field(
+        default=("*",), description="Host names webhooks may go to (`*.example.com` globs a label; `*`: any name)."
+    )
+    webhook_allowed_cidrs: tuple[str, ...] = Field(
+        default=(), description="Addresses webhooks may go to besides public ones (private, loopback: only these)."
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow plain http:// webhooks (default: https only).")
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Secret (in each Training's namespace) with the signing secret, when a Training names none.",
+    )
+    webhook_secret_key: str = Field(default="webhook-secret", description="Key of that Secret holding whsec_<base64>.")
+    webhook_ca_bundle: str | None = Field(
+        default=None, description="PEM file of CAs a webhook's TLS certificate is checked with (default: the system's)."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Time one delivery may take.")
+    webhook_retry_seconds: float = Field(default=5.0, gt=0, description="First wait before a retry (then doubling).")
+    webhook_give_up_seconds: float = Field(
+        default=600.0, gt=0, description="An event is given up this long after its first attempt."
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100, description="Attempts per event before it is given up.")
+
+    @field_validator("webhook_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # a ValueError names the bad one
+        return value
+
+    def destinations(self) -> Destinations:
+        """Where webhooks may go, as `notify` checks it."""
+        return Destinations.of(self.webhook_allowed_hosts, self.webhook_allowed_cidrs, self.webhook_allow_http)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(base=self.webhook_retry_seconds, max_attempts=self.webhook_max_attempts,
+                           give_up_after=self.webhook_give_up_seconds)
 
 
 ENVIRONMENT = {
@@ -58,7 +96,14 @@ ENVIRONMENT = {
     "shm_size": "COGTRAIN_SHM_SIZE",
     "progress_interval_seconds": "COGTRAIN_PROGRESS_INTERVAL_SECONDS",
     "progress_reads_per_second": "COGTRAIN_PROGRESS_READS_PER_SECOND",
+    "webhook_allowed_hosts": "COGTRAIN_WEBHOOK_ALLOWED_HOSTS",
+    "webhook_allowed_cidrs": "COGTRAIN_WEBHOOK_ALLOWED_CIDRS",
+    "webhook_allow_http": "COGTRAIN_WEBHOOK_ALLOW_HTTP",
+    "webhook_secret": "COGTRAIN_WEBHOOK_SECRET",
+    "webhook_secret_key": "COGTRAIN_WEBHOOK_SECRET_KEY",
+    "webhook_ca_bundle": "COGTRAIN_WEBHOOK_CA_BUNDLE",
 }
+_LISTS = ("webhook_allowed_hosts", "webhook_allowed_cidrs")  # comma-separated in the environment
 
 
 def settings_from(environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -67,7 +112,10 @@ def settings_from(environ: Mapping[str, str], **overrides: Any) -> Settings:
     for field, variable in ENVIRONMENT.items():
         raw = environ.get(variable)
         if raw:
-            values[field] = json.loads(raw) if field in ("default_node_selector", "default_tolerations") else raw
+            if field in _LISTS:
+                values[field] = tuple(item.strip() for item in raw.split(",") if item.strip())
+            else:
+                values[field] = json.loads(raw) if field in ("default_node_selector", "default_tolerations") else raw
     insecure = insecure_registries_from_env(environ) + list(overrides.pop("insecure_registries", None) or [])
     values["insecure_registries"] = tuple(dict.fromkeys(insecure))
     values.update({key: value for key, value in overrides.items() if value is not None})
