@@ -263,3 +263,32 @@ def test_the_progress_gauge_has_a_series_per_running_training_only() -> None:
     assert {(s.labels["name"], s.value) for s in family.samples} == {("a", 15.0), ("b", 20.0)}
     gauge.forget("ml", "a")
     assert {s.labels["name"] for s in next(iter(gauge.collect())).samples} == {"b"}
+
+
+def test_only_the_pod_its_own_job_controls_is_read_for_a_running_training() -> None:
+    from kubernetes import client
+
+    from cogtrain.handlers import Runtime, _running
+    from cogtrain.registry import RegistryClient
+    from cogtrain.resolver import SchemaResolver
+    from cogtrain.settings import Settings
+
+    runtime = Runtime(settings=Settings(), api_client=client.ApiClient(), resolver=SchemaResolver(RegistryClient()))
+    view = runtime.view
+
+    def meta(name: str, uid: str, owner: str, created: str) -> dict[str, Any]:
+        return {"namespace": "ml", "name": name, "uid": uid, "creationTimestamp": created,
+                "labels": {"cog.run/training": "a"}, "ownerReferences": [{"uid": owner, "controller": True}]}
+
+    def pod(name: str, owner: str, created: str) -> dict[str, Any]:
+        return {"metadata": meta(name, f"u-{name}", owner, created), "status": {
+            "phase": "Running", "containerStatuses": [{"name": "driver", "state": {"running": {}}}]}}
+
+    view.training_seen("ADDED", {"metadata": {"namespace": "ml", "name": "a", "uid": "ua"},
+                                 "status": {"phase": "Running"}})
+    view.training_seen("ADDED", {"metadata": {"namespace": "ml", "name": "b", "uid": "ub"},
+                                 "status": {"phase": "Pending"}})
+    view.child_seen("jobs", "ADDED", {"metadata": meta("a-1", "ja", "ua", "2026-12-04T09:00:00Z")})
+    view.child_seen("pods", "ADDED", pod("a-1-x", "ja", "2026-12-04T09:00:01Z"))
+    view.child_seen("pods", "ADDED", pod("impostor", "other-job", "2026-12-04T09:00:09Z"))  # newer, only labelled
+    assert _running(runtime) == {("ml", "a"): "a-1-x"}
