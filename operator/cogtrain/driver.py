@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, TextIO, cast
 from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, SECRET_LIST_ENV_PREFIX, DriverReport, Reason
 from .destinations import Destination, DriverError, safe_name
 from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
-from .progress import MARKER, Record, Tracker, escape, log_tail
+from .progress import MARKER, Tracker, escape, log_tail
 
 UPLOAD_SCHEME = "cogtrain-upload://"
 _CHUNK = 1024 * 1024
@@ -374,10 +374,6 @@ class LogTee:
                 self._lock.release()
         self.tick(final=True)
         self.closed = True
-
-    def last(self) -> Record | None:
-        with self._lock:
-            return self.tracker.record()
 
 
 class _Cut(Text):
