@@ -4,9 +4,12 @@ receiver that verifies every signature with the independent `standardwebhooks` p
 from __future__ import annotations
 
 import base64
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +269,45 @@ def test_post_connects_to_the_checked_address_verifies_tls_for_the_name_and_foll
     started = time.monotonic()
     assert post(by_name, ["127.0.0.1"], body, headers, 1.0, str(receiver.ca_file)) is None
     assert time.monotonic() - started < 2.5, "a receiver that does not answer is given up after the timeout"
+
+
+@contextmanager
+def dripping_receiver(header: bytes) -> Iterator[int]:
+    """A plain-HTTP receiver that answers one byte at a time, each well within a read timeout (slowloris)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in header + b"x" * 100_000:
+                if stop.wait(0.1):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("header", [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000,
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"])
+def test_post_is_bounded_in_total_time_against_a_receiver_that_drips_its_answer(header: bytes) -> None:
+    body = notify.encode({"id": "t"})
+    headers = notify.headers(notify.signing_key(SIGNING), "msg_1", 1_700_000_000, body)
+    with dripping_receiver(header) as port:
+        started = time.monotonic()
+        post(f"http://localhost:{port}/hook", ["127.0.0.1"], body, headers, 0.5, None)
+        assert time.monotonic() - started < 2.0, "one delivery holds a thread no longer than its timeout"

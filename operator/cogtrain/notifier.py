@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import kopf
 import urllib3
+import urllib3.connection
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -53,41 +54,105 @@ def resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
+class Deadline:
+    """The time limit of one delivery: when it passes, the connections it watches are shut, so a receiver
+    that drips its answer a byte at a time (each within the read timeout) holds a thread no longer."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._passed = False
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            passed = self._passed
+        if passed:
+            _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self._passed = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # a read blocked on it returns at once
+    except OSError:
+        pass
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self.deadline.watch(sock)
+        return sock
+
+
+class _WatchedTLS(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Watched
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLS
+
+
 def post(url: str, addresses: list[str], body: bytes, headers: dict[str, str], timeout: float,
          ca_file: str | None) -> int | None:
     """POST `body` to `url` at one of the checked `addresses` (never a second lookup), TLS verified for the
-    URL's host, no redirect followed, at most `timeout` for connecting and as long for the answer. The
-    answer's status, or None when none came."""
+    URL's host, no redirect followed, at most `timeout` for connecting and as long for the answer, and
+    twice `timeout` in all (`Deadline`). The answer's status, or None when none came."""
     parts = urlsplit(url)
     host = str(parts.hostname)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     limits = urllib3.Timeout(connect=timeout, read=timeout)
-    for address in addresses[:3]:
-        pool: urllib3.HTTPConnectionPool
-        if parts.scheme == "https":
-            context = ssl.create_default_context(cafile=ca_file)
-            pool = urllib3.HTTPSConnectionPool(address, port, ssl_context=context, server_hostname=host,
-                                               assert_hostname=host, retries=False, timeout=limits, maxsize=1)
-        else:
-            pool = urllib3.HTTPConnectionPool(address, port, retries=False, timeout=limits, maxsize=1)
-        try:
-            answer = pool.urlopen("POST", path, body=body, headers={**headers, "Host": parts.netloc},
-                                  redirect=False, retries=False, preload_content=False, assert_same_host=False)
+    deadline = Deadline(2 * timeout)
+    try:
+        for address in addresses[:3]:
+            pool: urllib3.HTTPConnectionPool
+            if parts.scheme == "https":
+                context = ssl.create_default_context(cafile=ca_file)
+                pool = _TLSPool(address, port, ssl_context=context, server_hostname=host, assert_hostname=host,
+                                retries=False, timeout=limits, maxsize=1, deadline=deadline)
+            else:
+                pool = _Pool(address, port, retries=False, timeout=limits, maxsize=1, deadline=deadline)
             try:
-                answer.read(RESPONSE_BYTES)
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass
-            answer.release_conn()
-            return int(answer.status)
-        except urllib3.exceptions.NewConnectionError:
-            continue  # not listening at this address: the next one, if any
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            LOGGER.debug("webhook to %s failed: %r", host, error)
-            return None
-        finally:
-            pool.close()
-    return None
+                answer = pool.urlopen("POST", path, body=body, headers={**headers, "Host": parts.netloc},
+                                      redirect=False, retries=False, preload_content=False, assert_same_host=False)
+                try:
+                    answer.read(RESPONSE_BYTES)
+                except (urllib3.exceptions.HTTPError, OSError):
+                    pass
+                answer.release_conn()
+                return int(answer.status)
+            except urllib3.exceptions.NewConnectionError:
+                continue  # not listening at this address: the next one, if any
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                LOGGER.debug("webhook to %s failed: %r", host, error)
+                return None
+            finally:
+                pool.close()
+        return None
+    finally:
+        deadline.cancel()
 
 
 @dataclass
