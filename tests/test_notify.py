@@ -324,6 +324,13 @@ def test_target(rules: notify.Destinations, url: str, refused: str | None) -> No
     (DEFAULT, ["::ffff:127.0.0.1"], "not a public address"),  # IPv4-mapped loopback
     (DEFAULT, ["::ffff:10.0.0.1"], "not a public address"),
     (DEFAULT, ["169.254.169.254"], "metadata"),
+    (DEFAULT, ["::127.0.0.1"], "not a public address"),  # IPv4-compatible
+    (DEFAULT, ["::ffff:0:7f00:1"], "not a public address"),  # IPv4-translated (SIIT)
+    (DEFAULT, ["64:ff9b::a00:1"], "not a public address"),  # NAT64 of 10.0.0.1
+    (DEFAULT, ["64:ff9b:1::7f00:1"], "not a public address"),  # local-use NAT64
+    (DEFAULT, ["2002:7f00:1::1"], "not a public address"),  # 6to4 of 127.0.0.1
+    (DEFAULT, ["64:ff9b::a9fe:a9fe"], "metadata"),
+    (DEFAULT, ["64:ff9b::808:808"], None),  # NAT64 of a public address
     (DEFAULT, ["fd00:ec2::254"], "metadata"),
     (DEFAULT, [PUBLIC_V4, "10.0.0.1"], "not a public address"),  # one bad address refuses the host
     (DEFAULT, [], "does not resolve"),
@@ -331,6 +338,7 @@ def test_target(rules: notify.Destinations, url: str, refused: str | None) -> No
     (CORP, ["fd12::7"], None),
     (CORP, ["10.21.0.1"], "not a public address"),
     (notify.Destinations.of(["*"], ["127.0.0.0/8"], False), ["127.0.0.1"], None),
+    (notify.Destinations.of(["*"], ["::1/128"], False), ["::1"], None),
     (notify.Destinations.of(["*"], ["169.254.0.0/16"], False), ["169.254.169.254"], "metadata"),
     (notify.Destinations.of(["*"], ["169.254.169.254/32"], False), ["169.254.169.254"], None),
 ])
