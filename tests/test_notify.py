@@ -423,3 +423,28 @@ def test_the_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sorted(outbox_of(notifier)) == ["uid-0", "uid-1"], "the third waits for its next watch event"
     finally:
         notifier.stop()
+
+
+@pytest.mark.unit
+def test_the_delivery_threads_are_shared_fairly_between_namespaces() -> None:
+    from cogtrain import notifier as module
+
+    notifier = module.Notifier(Settings(), api_client=None)  # type: ignore[arg-type]
+    try:
+        for index in range(10):  # a tenant with many webhooks (slow or failing ones) offered first
+            body = training(PENDING)
+            body["metadata"].update(uid=f"a-{index}", namespace="tenant-a")
+            notifier.offer(None, body)
+        body = training(PENDING)
+        body["metadata"].update(uid="b-0", namespace="tenant-b")
+        notifier.offer(None, body)
+        first = [uid for uid, _ in notifier._ready()]
+        assert len(first) == module.WORKERS and "b-0" in first, "another tenant's event does not wait behind them"
+        outbox_of(notifier)["b-0"].busy, notifier._busy = False, notifier._busy - 1  # b's delivery ends
+        body = training(PENDING)
+        body["metadata"].update(uid="c-0", namespace="tenant-c")
+        notifier.offer(None, body)
+        outbox_of(notifier)["a-0"].busy, notifier._busy = False, notifier._busy - 1  # one of a's ends too
+        assert sorted(uid for uid, _ in notifier._ready()) == ["b-0", "c-0"], "the freed threads go to the others first"
+    finally:
+        notifier.stop()

@@ -203,6 +203,8 @@ class Notifier:
         self._boxes: dict[str, Outbox] = {}
         self._secrets: dict[tuple[str, str, str], tuple[float, bytes | str]] = {}
         self._busy = 0
+        self._served: dict[str, int] = {}  # namespace -> the turn it was last given a thread
+        self._turn = 0
 
     # --- fed from the Trainings' watch (event loop) ---
 
@@ -256,20 +258,36 @@ class Notifier:
             await asyncio.sleep(TICK)
 
     def _ready(self) -> list[tuple[str, Outbox]]:
+        """Outboxes with something due, as many as there are idle threads, shared between namespaces: each
+        goes to the namespace with the fewest deliveries in flight, then to the one served longest ago, so
+        one tenant's slow or failing receivers cannot hold every thread while another's events wait."""
         now = self.now()
-        found = []
+        found: list[tuple[str, Outbox]] = []
         with self._lock:
+            if self._busy >= WORKERS:
+                return found
+            waiting: dict[str, list[tuple[str, Outbox]]] = {}
+            running: dict[str, int] = {}
             for uid, box in self._boxes.items():
-                if self._busy >= WORKERS:
-                    break
+                namespace = box.key[0]
                 if box.busy:
+                    running[namespace] = running.get(namespace, 0) + 1
                     continue
                 logs_due = (box.logs is not None and box.logs != box.logs_sent
                             and now >= box.logs_at + notify.LOGS_INTERVAL and not box.refused)
                 if (box.events and now >= box.next_at) or logs_due:
-                    box.busy = True
-                    self._busy += 1
-                    found.append((uid, box))
+                    waiting.setdefault(namespace, []).append((uid, box))
+            while self._busy < WORKERS and waiting:
+                namespace = min(waiting, key=lambda ns: (running.get(ns, 0), self._served.get(ns, 0)))
+                uid, box = waiting[namespace].pop(0)
+                if not waiting[namespace]:
+                    del waiting[namespace]
+                running[namespace] = running.get(namespace, 0) + 1
+                self._turn += 1
+                self._served[namespace] = self._turn
+                box.busy = True
+                self._busy += 1
+                found.append((uid, box))
         return found
 
     def _report(self, uid: str, future: asyncio.Future[None]) -> None:
