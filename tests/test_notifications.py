@@ -311,3 +311,33 @@ def test_post_is_bounded_in_total_time_against_a_receiver_that_drips_its_answer(
         started = time.monotonic()
         post(f"http://localhost:{port}/hook", ["127.0.0.1"], body, headers, 0.5, None)
         assert time.monotonic() - started < 2.0, "one delivery holds a thread no longer than its timeout"
+
+
+@pytest.mark.integration
+def test_a_record_never_lands_on_a_training_re_created_under_the_same_name(kube: KubeAPI, cluster: Cluster) -> None:
+    from cogtrain.notifier import Notifier
+
+    spec = {"model": "example.com/m@sha256:" + "0" * 64, "webhook": "https://example.com/hook"}
+    status = {"phase": "Running", "jobName": "tok-abcde"}
+
+    def create() -> dict[str, Any]:
+        cluster.create_training("tok", spec)
+        return dict(kube.custom.patch_namespaced_custom_object_status(
+            "cog.run", "v1alpha1", cluster.namespace, "trainings", "tok", {"status": status}))
+
+    notifier = Notifier(Settings(), kube.api_client)
+    try:
+        old = create()
+        notifier.offer(None, old)
+        box = notifier._boxes[old["metadata"]["uid"]]
+        kube.custom.delete_namespaced_custom_object("cog.run", "v1alpha1", cluster.namespace, "trainings", "tok")
+        new = create()  # deleted mid-delivery and created again under its name
+        assert new["metadata"]["uid"] != old["metadata"]["uid"]
+        box.done = {"start": "delivered"}
+        notifier._record(box)
+        assert "notifications" not in cluster.status("tok"), "the old Training's record is not the new one's"
+        box.body = {**box.body, "metadata": {**box.body["metadata"], "uid": new["metadata"]["uid"]}}
+        notifier._record(box)
+        assert cluster.status("tok")["notifications"]["delivered"] == ["start"]
+    finally:
+        notifier.stop()

@@ -445,18 +445,21 @@ class Notifier:
                 record["lastError"] = box.last_error[:1024]
             box.total_attempts = 0
             namespace, name = box.key
+            uid = (box.body.get("metadata") or {}).get("uid")
+        # guarded by the uid: a Training deleted mid-delivery and created again under its name is not this one
+        patch: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                                       {"op": "add", "path": "/status/notifications", "value": record}]
         for attempt in range(3):
             try:
                 client.CustomObjectsApi(self.api_client).patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": {"notifications": record}},
-                    _request_timeout=self.request_timeout)
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch, _request_timeout=self.request_timeout)
                 with self._lock:
                     status = box.body.setdefault("status", {})
                     status["notifications"] = record
                 return
             except ApiException as error:
-                if error.status == 404:
-                    return
+                if error.status in (404, 422):
+                    return  # gone, or another Training under its name
                 LOGGER.warning("recording the webhook of Training %s/%s failed: %s", namespace, name, error.reason)
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 LOGGER.warning("recording the webhook of Training %s/%s failed: %r", namespace, name, error)
