@@ -49,6 +49,9 @@ def training(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any
     ("https://hooks.example.com:99999/", "is not a valid URL"),
     ("https://hooks.example.com/a b", "whitespace"),
     ("https://x.example.com/" + "a" * 2048, "longer than 2048"),
+    ("https://a..b.example.com/", "is not a valid host name"),  # passes urlsplit, not a resolver
+    ("https://" + "x" * 64 + ".example.com/", "is not a valid host name"),
+    ("https://bücher.example/", None),
 ])
 def test_url_problems(url: str, problem: str | None) -> None:
     found = notify.url_problem(url)
@@ -446,5 +449,29 @@ def test_the_delivery_threads_are_shared_fairly_between_namespaces() -> None:
         notifier.offer(None, body)
         outbox_of(notifier)["a-0"].busy, notifier._busy = False, notifier._busy - 1  # one of a's ends too
         assert sorted(uid for uid, _ in notifier._ready()) == ["b-0", "c-0"], "the freed threads go to the others first"
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
+def test_an_attempt_that_fails_unexpectedly_backs_off_like_any_failed_attempt() -> None:
+    from cogtrain import notifier as module
+
+    def broken(host: str, port: int) -> list[str]:
+        raise UnicodeError("label empty or too long")
+
+    now = [100.0]
+    notifier = module.Notifier(Settings(webhook_secret="sig"), api_client=None,  # type: ignore[arg-type]
+                               resolver=broken, now=lambda: now[0])
+    notifier._secrets[("ml", "sig", "webhook-secret")] = (float("inf"), notify.signing_key(SECRET))
+    notifier._record = lambda box: None  # type: ignore[method-assign]
+    try:
+        notifier.offer(None, training(PENDING))
+        [(uid, box)] = notifier._ready()
+        notifier._deliver(uid, box)
+        box.busy, notifier._busy = False, 0
+        assert box.attempts == 1 and box.next_at > now[0], "retried later, not at every tick"
+        assert box.last_error is not None and "UnicodeError" in box.last_error
+        assert notifier._ready() == []
     finally:
         notifier.stop()

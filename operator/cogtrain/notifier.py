@@ -321,6 +321,9 @@ class Notifier:
             metrics.WEBHOOK_FAILURES.labels("refused").inc()
             self._refuse(uid, box, str(refused))
             return
+        except Exception as error:  # unforeseen (a name the resolver cannot encode, ...): a failed attempt, backed off
+            LOGGER.warning("a webhook attempt for Training %s/%s failed: %r", *box.key, error)
+            verdict, reason, detail = "retry", "error", f"{name}: the attempt failed ({type(error).__name__})"
         metrics.WEBHOOK_LATENCY.labels(name).observe(time.perf_counter() - started)
         metrics.WEBHOOK_DELIVERIES.labels(name, verdict).inc()
         if verdict != "delivered":

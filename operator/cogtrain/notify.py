@@ -62,6 +62,11 @@ def url_problem(url: str, allow_http: bool = True) -> str | None:
         return "must not carry credentials (user:password@); authenticate the receiver with the signature"
     if not parts.hostname:
         return "has no host"
+    if _literal(parts.hostname) is None:
+        try:
+            parts.hostname.rstrip(".").encode("idna")  # as the resolver encodes it
+        except UnicodeError:
+            return "is not a valid host name (an empty label, or one longer than 63 characters)"
     if port == 0:
         return "has port 0"
     if parts.fragment:
