@@ -475,3 +475,23 @@ def test_an_attempt_that_fails_unexpectedly_backs_off_like_any_failed_attempt() 
         assert notifier._ready() == []
     finally:
         notifier.stop()
+
+
+@pytest.mark.unit
+def test_the_signing_secrets_read_are_not_kept_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cogtrain import notifier as module
+
+    monkeypatch.setattr(module, "SECRETS_MAX", 3)
+    now = [0.0]
+    notifier = module.Notifier(Settings(), api_client=None, now=lambda: now[0])  # type: ignore[arg-type]
+    monkeypatch.setattr(module.client, "CoreV1Api", lambda api_client: type(
+        "Core", (), {"read_namespaced_secret": lambda self, *a, **k: (_ for _ in ()).throw(
+            module.ApiException(status=404))})())
+    try:
+        for index in range(10):  # each Training naming a Secret of its own
+            body = training(PENDING, webhookSecretRef={"name": f"sig-{index}", "key": "k"})
+            assert "cannot be read" in str(notifier._signing_key(body))
+            now[0] += module.SECRET_TTL + 1
+        assert len(notifier._secrets) <= 3
+    finally:
+        notifier.stop()

@@ -43,6 +43,7 @@ WORKERS = 4  # threads delivering; one Training at a time on each
 MAX_OUTBOXES = 10_000  # Trainings with events waiting; more are offered again by their next watch event
 RESPONSE_BYTES = 64 * 1024  # of an answer read, at most (only its status matters)
 SECRET_TTL = 30.0  # seconds a signing secret read is reused
+SECRETS_MAX = 1024  # signing secrets read kept before the expired ones are dropped
 TICK = 0.25  # seconds between two looks for due events
 
 Resolve = Callable[[str, int], list[str]]
@@ -384,6 +385,8 @@ class Notifier:
         except notify.SecretError as error:
             found = f"the webhook signing Secret {name}, key {item}: {error}"
         with self._lock:
+            if len(self._secrets) >= SECRETS_MAX:  # Secrets named once (one per Training) are not kept forever
+                self._secrets = {k: v for k, v in self._secrets.items() if v[0] > now}
             self._secrets[cache] = (now + SECRET_TTL, found)
         return found
 
