@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cogtrain import metrics, notify
+from cogtrain import certs, metrics, notify
 from cogtrain.handlers import Runtime
 from cogtrain.notifier import post
 from cogtrain.registry import RegistryClient
@@ -272,8 +273,8 @@ def test_post_connects_to_the_checked_address_verifies_tls_for_the_name_and_foll
 
 
 @contextmanager
-def dripping_receiver(header: bytes) -> Iterator[int]:
-    """A plain-HTTP receiver that answers one byte at a time, each well within a read timeout (slowloris)."""
+def dripping_receiver(header: bytes, tls: ssl.SSLContext | None) -> Iterator[int]:
+    """A receiver that answers one byte at a time, each well within a read timeout (slowloris)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -281,6 +282,8 @@ def dripping_receiver(header: bytes) -> Iterator[int]:
 
     def serve() -> None:
         connection, _ = server.accept()
+        if tls is not None:
+            connection = tls.wrap_socket(connection, server_side=True)
         with connection:
             connection.recv(65536)
             for byte in header + b"x" * 100_000:
@@ -302,14 +305,23 @@ def dripping_receiver(header: bytes) -> Iterator[int]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("header", [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000,
                                     b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"])
-def test_post_is_bounded_in_total_time_against_a_receiver_that_drips_its_answer(header: bytes) -> None:
+def test_post_is_bounded_in_total_time_against_a_receiver_that_drips_its_answer(
+        header: bytes, scheme: str, tmp_path: Path) -> None:
     body = notify.encode({"id": "t"})
     headers = notify.headers(notify.signing_key(SIGNING), "msg_1", 1_700_000_000, body)
-    with dripping_receiver(header) as port:
+    tls, ca_file = None, None
+    if scheme == "https":
+        bundle = certs.generate(["127.0.0.1", "localhost"])
+        cert, key = bundle.write(tmp_path)
+        (tmp_path / "ca.pem").write_bytes(bundle.ca)
+        tls, ca_file = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), str(tmp_path / "ca.pem")
+        tls.load_cert_chain(cert, key)
+    with dripping_receiver(header, tls) as port:
         started = time.monotonic()
-        post(f"http://localhost:{port}/hook", ["127.0.0.1"], body, headers, 0.5, None)
+        post(f"{scheme}://localhost:{port}/hook", ["127.0.0.1"], body, headers, 0.5, ca_file)
         assert time.monotonic() - started < 2.0, "one delivery holds a thread no longer than its timeout"
 
 

@@ -68,21 +68,26 @@ class Deadline:
         self._timer.start()
 
     def watch(self, sock: socket.socket) -> None:
+        """Watch a connection's socket. A duplicate is kept: TLS takes the socket's descriptor over (the object
+        given here is left detached), and shutting a duplicate shuts the connection itself."""
+        sock = sock.dup()
         with self._lock:
             self._socks.append(sock)
-            passed = self._passed
-        if passed:
-            _shut(sock)
+            if self._passed:
+                _shut(sock)
 
     def expire(self) -> None:
-        with self._lock:
+        with self._lock:  # never a socket `cancel` is closing
             self._passed = True
-            socks = list(self._socks)
-        for sock in socks:
-            _shut(sock)
+            for sock in self._socks:
+                _shut(sock)
 
     def cancel(self) -> None:
         self._timer.cancel()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+            self._socks = []
 
 
 def _shut(sock: socket.socket) -> None:
