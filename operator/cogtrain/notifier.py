@@ -463,14 +463,16 @@ class Notifier:
         for attempt in range(3):
             try:
                 client.CustomObjectsApi(self.api_client).patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch, _request_timeout=self.request_timeout)
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch,
+                    _content_type="application/json-patch+json", _request_timeout=self.request_timeout)
                 with self._lock:
                     status = box.body.setdefault("status", {})
                     status["notifications"] = record
                 return
             except ApiException as error:
-                if error.status in (404, 422):
-                    return  # gone, or another Training under its name
+                if error.status in (404, 422):  # gone, or another Training under its name (the uid test failed)
+                    LOGGER.info("not recording the webhook of Training %s/%s: %s", namespace, name, error.reason)
+                    return
                 LOGGER.warning("recording the webhook of Training %s/%s failed: %s", namespace, name, error.reason)
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 LOGGER.warning("recording the webhook of Training %s/%s failed: %r", namespace, name, error)
