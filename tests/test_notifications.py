@@ -4,16 +4,20 @@ receiver that verifies every signature with the independent `standardwebhooks` p
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from cogtrain import metrics, notify
+from cogtrain import certs, metrics, notify
 from cogtrain.handlers import Runtime
 from cogtrain.notifier import post
 from cogtrain.registry import RegistryClient
@@ -266,3 +270,86 @@ def test_post_connects_to_the_checked_address_verifies_tls_for_the_name_and_foll
     started = time.monotonic()
     assert post(by_name, ["127.0.0.1"], body, headers, 1.0, str(receiver.ca_file)) is None
     assert time.monotonic() - started < 2.5, "a receiver that does not answer is given up after the timeout"
+
+
+@contextmanager
+def dripping_receiver(header: bytes, tls: ssl.SSLContext | None) -> Iterator[int]:
+    """A receiver that answers one byte at a time, each well within a read timeout (slowloris)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        if tls is not None:
+            connection = tls.wrap_socket(connection, server_side=True)
+        with connection:
+            connection.recv(65536)
+            for byte in header + b"x" * 100_000:
+                if stop.wait(0.1):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("header", [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000,
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"])
+def test_post_is_bounded_in_total_time_against_a_receiver_that_drips_its_answer(
+        header: bytes, scheme: str, tmp_path: Path) -> None:
+    body = notify.encode({"id": "t"})
+    headers = notify.headers(notify.signing_key(SIGNING), "msg_1", 1_700_000_000, body)
+    tls, ca_file = None, None
+    if scheme == "https":
+        bundle = certs.generate(["127.0.0.1", "localhost"])
+        cert, key = bundle.write(tmp_path)
+        (tmp_path / "ca.pem").write_bytes(bundle.ca)
+        tls, ca_file = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), str(tmp_path / "ca.pem")
+        tls.load_cert_chain(cert, key)
+    with dripping_receiver(header, tls) as port:
+        started = time.monotonic()
+        post(f"{scheme}://localhost:{port}/hook", ["127.0.0.1"], body, headers, 0.5, ca_file)
+        assert time.monotonic() - started < 2.0, "one delivery holds a thread no longer than its timeout"
+
+
+@pytest.mark.integration
+def test_a_record_never_lands_on_a_training_re_created_under_the_same_name(kube: KubeAPI, cluster: Cluster) -> None:
+    from cogtrain.notifier import Notifier
+
+    spec = {"model": "example.com/m@sha256:" + "0" * 64, "webhook": "https://example.com/hook"}
+    status = {"phase": "Running", "jobName": "tok-abcde"}
+
+    def create() -> dict[str, Any]:
+        cluster.create_training("tok", spec)
+        return dict(kube.custom.patch_namespaced_custom_object_status(
+            "cog.run", "v1alpha1", cluster.namespace, "trainings", "tok", {"status": status}))
+
+    notifier = Notifier(Settings(), kube.api_client)
+    try:
+        old = create()
+        notifier.offer(None, old)
+        box = notifier._boxes[old["metadata"]["uid"]]
+        kube.custom.delete_namespaced_custom_object("cog.run", "v1alpha1", cluster.namespace, "trainings", "tok")
+        new = create()  # deleted mid-delivery and created again under its name
+        assert new["metadata"]["uid"] != old["metadata"]["uid"]
+        box.done = {"start": "delivered"}
+        notifier._record(box)
+        assert "notifications" not in cluster.status("tok"), "the old Training's record is not the new one's"
+        box.body = {**box.body, "metadata": {**box.body["metadata"], "uid": new["metadata"]["uid"]}}
+        notifier._record(box)
+        assert cluster.status("tok")["notifications"]["delivered"] == ["start"]
+    finally:
+        notifier.stop()

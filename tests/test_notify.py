@@ -49,6 +49,9 @@ def training(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any
     ("https://hooks.example.com:99999/", "is not a valid URL"),
     ("https://hooks.example.com/a b", "whitespace"),
     ("https://x.example.com/" + "a" * 2048, "longer than 2048"),
+    ("https://a..b.example.com/", "is not a valid host name"),  # passes urlsplit, not a resolver
+    ("https://" + "x" * 64 + ".example.com/", "is not a valid host name"),
+    ("https://bücher.example/", None),
 ])
 def test_url_problems(url: str, problem: str | None) -> None:
     found = notify.url_problem(url)
@@ -324,6 +327,13 @@ def test_target(rules: notify.Destinations, url: str, refused: str | None) -> No
     (DEFAULT, ["::ffff:127.0.0.1"], "not a public address"),  # IPv4-mapped loopback
     (DEFAULT, ["::ffff:10.0.0.1"], "not a public address"),
     (DEFAULT, ["169.254.169.254"], "metadata"),
+    (DEFAULT, ["::127.0.0.1"], "not a public address"),  # IPv4-compatible
+    (DEFAULT, ["::ffff:0:7f00:1"], "not a public address"),  # IPv4-translated (SIIT)
+    (DEFAULT, ["64:ff9b::a00:1"], "not a public address"),  # NAT64 of 10.0.0.1
+    (DEFAULT, ["64:ff9b:1::7f00:1"], "not a public address"),  # local-use NAT64
+    (DEFAULT, ["2002:7f00:1::1"], "not a public address"),  # 6to4 of 127.0.0.1
+    (DEFAULT, ["64:ff9b::a9fe:a9fe"], "metadata"),
+    (DEFAULT, ["64:ff9b::808:808"], None),  # NAT64 of a public address
     (DEFAULT, ["fd00:ec2::254"], "metadata"),
     (DEFAULT, [PUBLIC_V4, "10.0.0.1"], "not a public address"),  # one bad address refuses the host
     (DEFAULT, [], "does not resolve"),
@@ -331,6 +341,7 @@ def test_target(rules: notify.Destinations, url: str, refused: str | None) -> No
     (CORP, ["fd12::7"], None),
     (CORP, ["10.21.0.1"], "not a public address"),
     (notify.Destinations.of(["*"], ["127.0.0.0/8"], False), ["127.0.0.1"], None),
+    (notify.Destinations.of(["*"], ["::1/128"], False), ["::1"], None),
     (notify.Destinations.of(["*"], ["169.254.0.0/16"], False), ["169.254.169.254"], "metadata"),
     (notify.Destinations.of(["*"], ["169.254.169.254/32"], False), ["169.254.169.254"], None),
 ])
@@ -413,5 +424,74 @@ def test_the_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             body["metadata"]["uid"] = f"uid-{index}"
             notifier.offer(None, body)
         assert sorted(outbox_of(notifier)) == ["uid-0", "uid-1"], "the third waits for its next watch event"
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
+def test_the_delivery_threads_are_shared_fairly_between_namespaces() -> None:
+    from cogtrain import notifier as module
+
+    notifier = module.Notifier(Settings(), api_client=None)  # type: ignore[arg-type]
+    try:
+        for index in range(10):  # a tenant with many webhooks (slow or failing ones) offered first
+            body = training(PENDING)
+            body["metadata"].update(uid=f"a-{index}", namespace="tenant-a")
+            notifier.offer(None, body)
+        body = training(PENDING)
+        body["metadata"].update(uid="b-0", namespace="tenant-b")
+        notifier.offer(None, body)
+        first = [uid for uid, _ in notifier._ready()]
+        assert len(first) == module.WORKERS and "b-0" in first, "another tenant's event does not wait behind them"
+        outbox_of(notifier)["b-0"].busy, notifier._busy = False, notifier._busy - 1  # b's delivery ends
+        body = training(PENDING)
+        body["metadata"].update(uid="c-0", namespace="tenant-c")
+        notifier.offer(None, body)
+        outbox_of(notifier)["a-0"].busy, notifier._busy = False, notifier._busy - 1  # one of a's ends too
+        assert sorted(uid for uid, _ in notifier._ready()) == ["b-0", "c-0"], "the freed threads go to the others first"
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
+def test_an_attempt_that_fails_unexpectedly_backs_off_like_any_failed_attempt() -> None:
+    from cogtrain import notifier as module
+
+    def broken(host: str, port: int) -> list[str]:
+        raise UnicodeError("label empty or too long")
+
+    now = [100.0]
+    notifier = module.Notifier(Settings(webhook_secret="sig"), api_client=None,  # type: ignore[arg-type]
+                               resolver=broken, now=lambda: now[0])
+    notifier._secrets[("ml", "sig", "webhook-secret")] = (float("inf"), notify.signing_key(SECRET))
+    notifier._record = lambda box: None  # type: ignore[method-assign]
+    try:
+        notifier.offer(None, training(PENDING))
+        [(uid, box)] = notifier._ready()
+        notifier._deliver(uid, box)
+        box.busy, notifier._busy = False, 0
+        assert box.attempts == 1 and box.next_at > now[0], "retried later, not at every tick"
+        assert box.last_error is not None and "UnicodeError" in box.last_error
+        assert notifier._ready() == []
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
+def test_the_signing_secrets_read_are_not_kept_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cogtrain import notifier as module
+
+    monkeypatch.setattr(module, "SECRETS_MAX", 3)
+    now = [0.0]
+    notifier = module.Notifier(Settings(), api_client=None, now=lambda: now[0])  # type: ignore[arg-type]
+    monkeypatch.setattr(module.client, "CoreV1Api", lambda api_client: type(
+        "Core", (), {"read_namespaced_secret": lambda self, *a, **k: (_ for _ in ()).throw(
+            module.ApiException(status=404))})())
+    try:
+        for index in range(10):  # each Training naming a Secret of its own
+            body = training(PENDING, webhookSecretRef={"name": f"sig-{index}", "key": "k"})
+            assert "cannot be read" in str(notifier._signing_key(body))
+            now[0] += module.SECRET_TTL + 1
+        assert len(notifier._secrets) <= 3
     finally:
         notifier.stop()

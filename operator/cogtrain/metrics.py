@@ -60,7 +60,7 @@ WEBHOOK_DELIVERIES = Counter(
 WEBHOOK_FAILURES = Counter(
     "cogtrain_webhook_delivery_failures",
     "Failed webhook delivery attempts, by reason (connection, http_5xx, http_408, http_429, http_4xx, redirect, "
-    "refused, secret).",
+    "refused, secret, error).",
     ["reason"], registry=REGISTRY,
 )
 WEBHOOK_LATENCY = Histogram(

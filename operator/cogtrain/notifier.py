@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import kopf
 import urllib3
+import urllib3.connection
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -42,6 +43,7 @@ WORKERS = 4  # threads delivering; one Training at a time on each
 MAX_OUTBOXES = 10_000  # Trainings with events waiting; more are offered again by their next watch event
 RESPONSE_BYTES = 64 * 1024  # of an answer read, at most (only its status matters)
 SECRET_TTL = 30.0  # seconds a signing secret read is reused
+SECRETS_MAX = 1024  # signing secrets read kept before the expired ones are dropped
 TICK = 0.25  # seconds between two looks for due events
 
 Resolve = Callable[[str, int], list[str]]
@@ -53,41 +55,110 @@ def resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
+class Deadline:
+    """The time limit of one delivery: when it passes, the connections it watches are shut, so a receiver
+    that drips its answer a byte at a time (each within the read timeout) holds a thread no longer."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._passed = False
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Watch a connection's socket. A duplicate is kept: TLS takes the socket's descriptor over (the object
+        given here is left detached), and shutting a duplicate shuts the connection itself."""
+        sock = sock.dup()
+        with self._lock:
+            self._socks.append(sock)
+            if self._passed:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:  # never a socket `cancel` is closing
+            self._passed = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+            self._socks = []
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # a read blocked on it returns at once
+    except OSError:
+        pass
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self.deadline.watch(sock)
+        return sock
+
+
+class _WatchedTLS(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Watched
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLS
+
+
 def post(url: str, addresses: list[str], body: bytes, headers: dict[str, str], timeout: float,
          ca_file: str | None) -> int | None:
     """POST `body` to `url` at one of the checked `addresses` (never a second lookup), TLS verified for the
-    URL's host, no redirect followed, at most `timeout` for connecting and as long for the answer. The
-    answer's status, or None when none came."""
+    URL's host, no redirect followed, at most `timeout` for connecting and as long for the answer, and
+    twice `timeout` in all (`Deadline`). The answer's status, or None when none came."""
     parts = urlsplit(url)
     host = str(parts.hostname)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     limits = urllib3.Timeout(connect=timeout, read=timeout)
-    for address in addresses[:3]:
-        pool: urllib3.HTTPConnectionPool
-        if parts.scheme == "https":
-            context = ssl.create_default_context(cafile=ca_file)
-            pool = urllib3.HTTPSConnectionPool(address, port, ssl_context=context, server_hostname=host,
-                                               assert_hostname=host, retries=False, timeout=limits, maxsize=1)
-        else:
-            pool = urllib3.HTTPConnectionPool(address, port, retries=False, timeout=limits, maxsize=1)
-        try:
-            answer = pool.urlopen("POST", path, body=body, headers={**headers, "Host": parts.netloc},
-                                  redirect=False, retries=False, preload_content=False, assert_same_host=False)
+    deadline = Deadline(2 * timeout)
+    try:
+        for address in addresses[:3]:
+            pool: urllib3.HTTPConnectionPool
+            if parts.scheme == "https":
+                context = ssl.create_default_context(cafile=ca_file)
+                pool = _TLSPool(address, port, ssl_context=context, server_hostname=host, assert_hostname=host,
+                                retries=False, timeout=limits, maxsize=1, deadline=deadline)
+            else:
+                pool = _Pool(address, port, retries=False, timeout=limits, maxsize=1, deadline=deadline)
             try:
-                answer.read(RESPONSE_BYTES)
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass
-            answer.release_conn()
-            return int(answer.status)
-        except urllib3.exceptions.NewConnectionError:
-            continue  # not listening at this address: the next one, if any
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            LOGGER.debug("webhook to %s failed: %r", host, error)
-            return None
-        finally:
-            pool.close()
-    return None
+                answer = pool.urlopen("POST", path, body=body, headers={**headers, "Host": parts.netloc},
+                                      redirect=False, retries=False, preload_content=False, assert_same_host=False)
+                try:
+                    answer.read(RESPONSE_BYTES)
+                except (urllib3.exceptions.HTTPError, OSError):
+                    pass
+                answer.release_conn()
+                return int(answer.status)
+            except urllib3.exceptions.NewConnectionError:
+                continue  # not listening at this address: the next one, if any
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                LOGGER.debug("webhook to %s failed: %r", host, error)
+                return None
+            finally:
+                pool.close()
+        return None
+    finally:
+        deadline.cancel()
 
 
 @dataclass
@@ -138,6 +209,8 @@ class Notifier:
         self._boxes: dict[str, Outbox] = {}
         self._secrets: dict[tuple[str, str, str], tuple[float, bytes | str]] = {}
         self._busy = 0
+        self._served: dict[str, int] = {}  # namespace -> the turn it was last given a thread
+        self._turn = 0
 
     # --- fed from the Trainings' watch (event loop) ---
 
@@ -191,20 +264,36 @@ class Notifier:
             await asyncio.sleep(TICK)
 
     def _ready(self) -> list[tuple[str, Outbox]]:
+        """Outboxes with something due, as many as there are idle threads, shared between namespaces: each
+        goes to the namespace with the fewest deliveries in flight, then to the one served longest ago, so
+        one tenant's slow or failing receivers cannot hold every thread while another's events wait."""
         now = self.now()
-        found = []
+        found: list[tuple[str, Outbox]] = []
         with self._lock:
+            if self._busy >= WORKERS:
+                return found
+            waiting: dict[str, list[tuple[str, Outbox]]] = {}
+            running: dict[str, int] = {}
             for uid, box in self._boxes.items():
-                if self._busy >= WORKERS:
-                    break
+                namespace = box.key[0]
                 if box.busy:
+                    running[namespace] = running.get(namespace, 0) + 1
                     continue
                 logs_due = (box.logs is not None and box.logs != box.logs_sent
                             and now >= box.logs_at + notify.LOGS_INTERVAL and not box.refused)
                 if (box.events and now >= box.next_at) or logs_due:
-                    box.busy = True
-                    self._busy += 1
-                    found.append((uid, box))
+                    waiting.setdefault(namespace, []).append((uid, box))
+            while self._busy < WORKERS and waiting:
+                namespace = min(waiting, key=lambda ns: (running.get(ns, 0), self._served.get(ns, 0)))
+                uid, box = waiting[namespace].pop(0)
+                if not waiting[namespace]:
+                    del waiting[namespace]
+                running[namespace] = running.get(namespace, 0) + 1
+                self._turn += 1
+                self._served[namespace] = self._turn
+                box.busy = True
+                self._busy += 1
+                found.append((uid, box))
         return found
 
     def _report(self, uid: str, future: asyncio.Future[None]) -> None:
@@ -238,6 +327,9 @@ class Notifier:
             metrics.WEBHOOK_FAILURES.labels("refused").inc()
             self._refuse(uid, box, str(refused))
             return
+        except Exception as error:  # unforeseen (a name the resolver cannot encode, ...): a failed attempt, backed off
+            LOGGER.warning("a webhook attempt for Training %s/%s failed: %r", *box.key, error)
+            verdict, reason, detail = "retry", "error", f"{name}: the attempt failed ({type(error).__name__})"
         metrics.WEBHOOK_LATENCY.labels(name).observe(time.perf_counter() - started)
         metrics.WEBHOOK_DELIVERIES.labels(name, verdict).inc()
         if verdict != "delivered":
@@ -298,6 +390,8 @@ class Notifier:
         except notify.SecretError as error:
             found = f"the webhook signing Secret {name}, key {item}: {error}"
         with self._lock:
+            if len(self._secrets) >= SECRETS_MAX:  # Secrets named once (one per Training) are not kept forever
+                self._secrets = {k: v for k, v in self._secrets.items() if v[0] > now}
             self._secrets[cache] = (now + SECRET_TTL, found)
         return found
 
@@ -362,17 +456,22 @@ class Notifier:
                 record["lastError"] = box.last_error[:1024]
             box.total_attempts = 0
             namespace, name = box.key
+            uid = (box.body.get("metadata") or {}).get("uid")
+        # guarded by the uid: a Training deleted mid-delivery and created again under its name is not this one
+        patch: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                                       {"op": "add", "path": "/status/notifications", "value": record}]
         for attempt in range(3):
             try:
                 client.CustomObjectsApi(self.api_client).patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": {"notifications": record}},
-                    _request_timeout=self.request_timeout)
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch,
+                    _content_type="application/json-patch+json", _request_timeout=self.request_timeout)
                 with self._lock:
                     status = box.body.setdefault("status", {})
                     status["notifications"] = record
                 return
             except ApiException as error:
-                if error.status == 404:
+                if error.status in (404, 422):  # gone, or another Training under its name (the uid test failed)
+                    LOGGER.info("not recording the webhook of Training %s/%s: %s", namespace, name, error.reason)
                     return
                 LOGGER.warning("recording the webhook of Training %s/%s failed: %s", namespace, name, error.reason)
             except (urllib3.exceptions.HTTPError, OSError) as error:

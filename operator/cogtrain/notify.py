@@ -62,6 +62,11 @@ def url_problem(url: str, allow_http: bool = True) -> str | None:
         return "must not carry credentials (user:password@); authenticate the receiver with the signature"
     if not parts.hostname:
         return "has no host"
+    if _literal(parts.hostname) is None:
+        try:
+            parts.hostname.rstrip(".").encode("idna")  # as the resolver encodes it
+        except UnicodeError:
+            return "is not a valid host name (an empty label, or one longer than 63 characters)"
     if port == 0:
         return "has port 0"
     if parts.fragment:
@@ -336,15 +341,28 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+# IPv6 prefixes whose last 32 bits are the IPv4 address reached (IPv4-compatible, IPv4-translated, NAT64's
+# well-known and local-use prefixes): judged as that IPv4 address.
+EMBEDDING = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"),
+             ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
 def _plain(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address as the IPv4 address it reaches."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    return mapped if mapped is not None else address
+    """An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64, ...) as the IPv4 address it reaches."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in EMBEDDING):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
 
 
 def _address_problem(address: IPAddress, rules: Destinations) -> str | None:
-    address = _plain(address)
-    inside = [net for net in rules.cidrs if address.version == net.version and address in net]
+    given, address = address, _plain(address)
+    inside = [net for net in rules.cidrs for a in {given, address} if a.version == net.version and a in net]
     if any(address in net for net in METADATA if net.version == address.version):
         if not any(net.num_addresses == 1 for net in inside):
             return f"{address} is a cloud metadata address"

@@ -62,7 +62,8 @@ class Settings(BaseModel):
     webhook_ca_bundle: str | None = Field(
         default=None, description="PEM file of CAs a webhook's TLS certificate is checked with (default: the system's)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Time one delivery may take.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time to connect, and to wait for the answer (twice it in all).")
     webhook_retry_seconds: float = Field(default=5.0, gt=0, description="First wait before a retry (then doubling).")
     webhook_give_up_seconds: float = Field(
         default=600.0, gt=0, description="An event is given up this long after its first attempt."

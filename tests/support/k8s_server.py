@@ -350,6 +350,10 @@ class ClusterEmulator(Scaffold):
             raise KubernetesObjectConflictError(reason="Conflict", message=(
                 "Operation cannot be fulfilled: the object has been modified; "
                 "please apply your changes to the latest version and try again"))
+        content_type = {k.lower(): v for k, v in (request.headers or {}).items()}.get("content-type", "")
+        if isinstance(body, list) and request.method == "PATCH" and "json-patch" not in content_type:
+            # as the API server: a list is a JSON patch only when sent as one (a client's default is a merge patch)
+            raise KubernetesError(status=400, reason="BadRequest", message=f"a list is not a {content_type} patch")
         patched = json_patch(current, body) if isinstance(body, list) else merge_patch(current, body)
         if request.subresource == "status":
             patched = {**current, "status": patched.get("status")}
