@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from cogtrain.crd import training_crd
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient
 from cogtrain.resolver import SchemaResolver
 from cogtrain.settings import Settings
 from support.cluster_sim import Cluster, RunningOperator, wait_for
 from support.cogserver import free_port
-from support.k8s_server import KubeAPI
+from support.k8s_server import KubeAPI, start_kube_api
 from support.metrics import scrape
 from support.registries import Registries
 from support.trainings import spec, succeed
@@ -22,19 +25,32 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def metrics_operator(kube: KubeAPI) -> Iterator[tuple[RunningOperator, int]]:
+def own_kube(tmp_path: Path) -> Iterator[KubeAPI]:
+    """An API server of this module's own: the gauges count every Training the operator sees, and the shared
+    one holds what earlier tests left there, still being picked up when the first scrape is taken."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    api = start_kube_api(tmp_path, [training_crd()])
+    yield api
+    api.stop()
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = kubeconfig
+
+
+@pytest.fixture()
+def metrics_operator(own_kube: KubeAPI) -> Iterator[tuple[RunningOperator, int]]:
     port = free_port()
     runtime = Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination="s3://w/"),
-                      api_client=kube.api_client, resolver=SchemaResolver(RegistryClient(timeout=2)),
+                      api_client=own_kube.api_client, resolver=SchemaResolver(RegistryClient(timeout=2)),
                       metrics_port=port)
-    operator = RunningOperator(kube, runtime).start()
+    operator = RunningOperator(own_kube, runtime).start()
     yield operator, port
     operator.stop()
 
 
 def test_metrics_follow_trainings_through_their_phases(metrics_operator: tuple[RunningOperator, int],
-                                                       kube: KubeAPI, registries: Registries) -> None:
-    _, port = metrics_operator
+                                                       registries: Registries) -> None:
+    operator, port = metrics_operator
+    kube = operator.kube
     cluster = Cluster(kube, f"ns-{uuid.uuid4().hex[:8]}")
     before = scrape(port)
 
