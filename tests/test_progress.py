@@ -292,3 +292,60 @@ def test_only_the_pod_its_own_job_controls_is_read_for_a_running_training() -> N
     view.child_seen("pods", "ADDED", pod("a-1-x", "ja", "2026-12-04T09:00:01Z"))
     view.child_seen("pods", "ADDED", pod("impostor", "other-job", "2026-12-04T09:00:09Z"))  # newer, only labelled
     assert _running(runtime) == {("ml", "a"): "a-1-x"}
+
+
+class FakeApi:
+    """The driver's log (tailLines, limitBytes) and a Running Training whose status takes merge patches, as the
+    API server's do (RFC 7386: objects merge, null removes)."""
+
+    def __init__(self, log: str, status: dict[str, Any]) -> None:
+        self.log, self.status = log, {"phase": "Running", **status}
+        self.reads: list[int] = []
+        self.patches: list[dict[str, Any]] = []
+        self.request_timeout = 1.0
+        self.core = self.custom = self
+        self.view = self
+
+    def training(self, key: tuple[str, str]) -> dict[str, Any]:
+        return {"metadata": {"namespace": key[0], "name": key[1], "resourceVersion": str(len(self.patches))},
+                "status": self.status}
+
+    def read_namespaced_pod_log(self, pod: str, namespace: str, tail_lines: int, limit_bytes: int,
+                                **_: Any) -> Any:
+        self.reads.append(tail_lines)
+        data = b"".join(self.log.encode().splitlines(keepends=True)[-tail_lines:])[:limit_bytes]
+        response = io.BytesIO(data)
+        response.release_conn = lambda: None  # type: ignore[attr-defined]
+        return response
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> dict[str, Any]:
+        from support.k8s_server import merge_patch
+
+        body = args[5]
+        self.patches.append(body)
+        self.status = merge_patch(self.status, body["status"])
+        return self.training(("ml", "a"))
+
+
+def _stamped(**fields: Any) -> dict[str, Any]:
+    return {key: {**value, "observedTime": "2026-12-04T09:00:00Z"} for key, value in fields.items()}
+
+
+@pytest.mark.parametrize(("shown", "printed"), [
+    # 32 metrics shown, 32 others now (the model's first 32 changed): the status keeps at most 32 (its schema's
+    # maxProperties; more and the API server refuses every write of the Training's status, its end too)
+    (_stamped(metrics={"values": {f"old{i}": i for i in range(32)}}),
+     _stamped(metrics={"values": {f"new{i}": i for i in range(32)}})),
+    # a bar with counts, then one with unit_scale (the percent only): no stale current/total
+    (_stamped(progress={"percent": 10.0, "current": 1, "total": 10}), _stamped(progress={"percent": 12.0})),
+])
+def test_the_status_shows_the_record_read_and_nothing_left_of_the_one_before(
+        shown: dict[str, Any], printed: dict[str, Any]) -> None:
+    from cogtrain.handlers import read_progress
+
+    api = FakeApi(MARKER + json.dumps(printed) + "\n", shown)
+    record = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert record is not None and len(api.patches) == 1
+    assert {key: api.status[key] for key in printed} == printed
+    read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert len(api.patches) == 1, "the status already shows it: nothing written"

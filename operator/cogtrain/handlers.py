@@ -40,7 +40,7 @@ from .checks import check
 from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
 from .notifier import Notifier
-from .progress import Record, last_record
+from .progress import Record, last_record, merge_patch
 from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
@@ -891,10 +891,10 @@ def read_progress(runtime: Runtime, key: Key, pod: str) -> Record | None:
     training = runtime.view.training(key)
     status = (training or {}).get("status") or {}
     fields = record.status()
-    if training is None or status.get("phase") != api.Phase.RUNNING.value or all(
-            status.get(field) == value for field, value in fields.items()):
+    patch = merge_patch({field: status.get(field) for field in fields}, fields)  # the record's fields, as they are
+    if training is None or status.get("phase") != api.Phase.RUNNING.value or not patch:
         return record
-    body = {"metadata": {"resourceVersion": training["metadata"].get("resourceVersion")}, "status": fields}
+    body = {"metadata": {"resourceVersion": training["metadata"].get("resourceVersion")}, "status": patch}
     try:  # conditional: a status written meanwhile (the Training's end, say) wins; the next read tries again
         runtime.custom.patch_namespaced_custom_object_status(
             *TRAININGS[:2], namespace, TRAININGS[2], name, body, _request_timeout=runtime.request_timeout)

@@ -220,6 +220,23 @@ class Tracker:
         return Record(progress=progress, metrics=self._metrics, last_log=last_log)
 
 
+def merge_patch(current: Any, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386, what a status PATCH is) that turns the object `current` into `wanted`, where
+    a None in `wanted` means absent: a key `wanted` lacks is removed (null), objects are patched key by key,
+    anything else is replaced. Empty when `current` already is `wanted`. (`wanted` itself as the patch would keep
+    the keys `current` has besides: a status would pile up the metric names of every record.)"""
+    old = current if isinstance(current, Mapping) else {}
+    patch: dict[str, Any] = {key: None for key, value in old.items() if value is not None and wanted.get(key) is None}
+    for key, value in wanted.items():
+        if isinstance(value, Mapping):
+            inner = merge_patch(old.get(key), value)
+            if inner or not isinstance(old.get(key), Mapping):
+                patch[key] = inner
+        elif value is not None and old.get(key) != value:
+            patch[key] = value
+    return patch
+
+
 def escape(line_start: str) -> str:
     """What the driver prints for a model's log text at the start of a line: a record's marker is escaped."""
     return ESCAPE + line_start if line_start.startswith(MARKER) else line_start
