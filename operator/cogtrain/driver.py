@@ -208,6 +208,8 @@ class RedactingWriter:
 
 
 LOG_FILE_LIMIT = 64 * 2**20  # bytes of logs.txt: beyond, its head and a rolling tail
+LOG_STORE_TIMEOUT = 300.0  # seconds logs.txt may take to store at the end of a training ...
+LOG_STORE_GRACE = 10.0  # ... or after a SIGTERM (the Pod's grace is 60 s; the cancel before may take 30)
 RECORD_EVERY = 2.0  # seconds: at most one progress record this often, unless the log runs on
 RECORD_LINES, RECORD_BYTES = 100, 16384  # ... or this much log was echoed since the last record (the operator
 # reads the last 200 lines, 64 KiB: a record is always among them)
@@ -945,13 +947,32 @@ class Driver:
             if log_file is not None and writable:  # (a destination that refused the check is not tried again)
                 self._store_log(log_file, receiver)
 
-    def _store_log(self, log_file: BoundedLog, receiver: Receiver) -> None:
-        """logs.txt at the destination, next to the weights; a failure is a notice, never the training's outcome."""
+    def _store_log(self, log_file: BoundedLog, receiver: Inbox) -> None:
+        """logs.txt at the destination, next to the weights; a failure is a notice, never the training's outcome.
+
+        Bounded in time (the report waits for it): LOG_STORE_TIMEOUT, and LOG_STORE_GRACE after a SIGTERM, when the
+        kubelet kills the driver at the end of the Pod's grace period and a report not written by then is lost. A
+        store still running then is left behind (its thread ends with the driver)."""
         self.log_tail = log_file.tail() or None
-        try:
-            self.logs_uri = self.destination.put(log_file.finish(), "logs.txt")
-        except (DriverError, OSError) as error:
-            receiver.notice(f"the training's log could not be stored as logs.txt: {getattr(error, 'message', error)}")
+        stored: list[str] = []
+        failure: list[str] = []
+
+        def store() -> None:
+            try:
+                stored.append(self.destination.put(log_file.finish(), "logs.txt"))
+            except (DriverError, OSError) as error:
+                failure.append(str(getattr(error, "message", error)))
+
+        limit = LOG_STORE_GRACE if self.cancel_requested.is_set() else LOG_STORE_TIMEOUT
+        storing = threading.Thread(target=store, name="store-logs", daemon=True)
+        storing.start()
+        storing.join(limit)
+        if storing.is_alive():
+            failure.append(f"the destination did not answer: it was not stored within {limit:g} s")
+        elif stored:
+            self.logs_uri = stored[0]
+        if failure:
+            receiver.notice(f"the training's log could not be stored as logs.txt: {failure[0]}")
 
     def _wait_ready(self, receiver: Receiver) -> None:
         def canceled() -> DriverError | None:
