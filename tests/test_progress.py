@@ -344,8 +344,19 @@ def test_the_status_shows_the_record_read_and_nothing_left_of_the_one_before(
     from cogtrain.handlers import read_progress
 
     api = FakeApi(MARKER + json.dumps(printed) + "\n", shown)
-    record = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
-    assert record is not None and len(api.patches) == 1
+    record, reads = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert record is not None and reads == 1 and len(api.patches) == 1
     assert {key: api.status[key] for key in printed} == printed
     read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
     assert len(api.patches) == 1, "the status already shows it: nothing written"
+
+
+def test_a_cut_tail_without_a_record_is_read_again_and_says_so() -> None:
+    """The second read is spent from the reads' budget (`Pacer.spend`), so it has to be counted."""
+    from cogtrain.handlers import read_progress
+
+    record = MARKER + json.dumps(_stamped(progress={"percent": 50.0}))
+    api = FakeApi(("x" * 1000 + "\n") * 150 + record + "\n" + "short\n" * 10, {})
+    found, reads = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert found is not None and found.progress is not None and found.progress.percent == 50.0
+    assert reads == 2 and api.reads == [200, 32]
