@@ -360,3 +360,18 @@ def test_a_cut_tail_without_a_record_is_read_again_and_says_so() -> None:
     found, reads = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
     assert found is not None and found.progress is not None and found.progress.percent == 50.0
     assert reads == 2 and api.reads == [200, 32]
+
+
+@pytest.mark.parametrize("char", ['"', "\\", "\U0001f600", "x"])
+def test_the_largest_record_the_driver_prints_is_one_the_operator_takes(char: str) -> None:
+    """Quotes and backslashes double in JSON and an emoji is 4 bytes: 32 metrics of 64 + 256 such characters made a
+    record of 21,000 characters (40 KiB), which the operator refused (16 KiB), so the status froze; past 16 KiB the
+    container runtime also splits the line."""
+    tracker = Tracker(lambda: NOW)
+    tracker.feed(f"step 5/10 {char * 300}\n")
+    tracker.metrics({f"{char * 62}{i:02d}": char * 300 for i in range(40)})
+    record = tracker.record()
+    assert record is not None and record.metrics is not None
+    line = record.line()
+    assert len(line.encode()) < 16 * 1024 and last_record(line) == record
+    assert len(record.metrics.values) >= 8, "as many as fit"
