@@ -375,3 +375,24 @@ def test_the_largest_record_the_driver_prints_is_one_the_operator_takes(char: st
     line = record.line()
     assert len(line.encode()) < 16 * 1024 and last_record(line) == record
     assert len(record.metrics.values) >= 8, "as many as fit"
+
+
+@pytest.mark.parametrize("pieces", [
+    ["A" * 16384 + MARKER + '{"progress":{"percent":99,"observedTime":"2020-01-01T00:00:00Z"}}' + " " * 100 + "\n"],
+    ["é" * 8192, MARKER + '{"progress":{"percent":99,"observedTime":"2020-01-01T00:00:00Z"}}\n'],  # 2 bytes each
+    ["x" * 5000 + "\n", "y" * 4096 + MARKER + "{}\n"],
+])
+def test_a_long_line_cannot_forge_a_record_where_the_runtime_splits_it(pieces: list[str]) -> None:
+    """The container runtime writes a line longer than 16 KiB as pieces, and `tailLines` counts pieces: a tail can
+    begin at a piece, in the middle of a model's line. The driver's stdout has no such lines (it wraps them), so
+    every line start it prints is one it escaped."""
+    writer, out, _ = tee()
+    for piece in pieces:
+        writer.write(piece)
+    writer.finish()
+    lines = out.getvalue().split("\n")
+    assert all(len(line.encode()) < 16 * 1024 for line in lines)
+    assert all(json.loads(line[len(MARKER):]).get("progress", {}).get("percent") != 99
+               for line in lines if line.startswith(MARKER))
+    assert "".join(line for line in lines if not line.startswith(MARKER)).replace(ESCAPE + MARKER, MARKER) == \
+        "".join(pieces).replace("\n", ""), "nothing of the model's log is lost"
