@@ -923,3 +923,40 @@ def test_a_log_that_cannot_be_stored_does_not_change_the_outcome(tmp_path: Path)
     assert error is None and str(output).startswith("pvc://c/p/")
     assert driver.logs_uri is None
     assert "the training's log could not be stored as logs.txt: cannot write to the destination" in notices.getvalue()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("stopped", "limit"), [(False, 5.0), (True, 0.5)])
+def test_a_destination_that_hangs_holds_the_log_store_a_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped: bool, limit: float) -> None:
+    """The report is written after logs.txt is stored: a destination that hangs (blackholed S3, a stuck NFS claim)
+    must not hold it past the Pod's grace period after a SIGTERM (the kubelet kills it, and no report is left)."""
+    from cogtrain import driver as driver_module
+    from cogtrain.driver import BoundedLog
+
+    monkeypatch.setattr(driver_module, "LOG_STORE_TIMEOUT", 5.0)
+    monkeypatch.setattr(driver_module, "LOG_STORE_GRACE", 0.5)
+    release = threading.Event()
+
+    class Hangs(LocalDestination):
+        def put(self, source: Path, name: str) -> str:
+            release.wait(30)
+            return super().put(source, name)
+
+    notices = io.StringIO()
+    receiver = Inbox(tmp_path / "r", io.StringIO(), notices)
+    driver = Driver(model_url="http://127.0.0.1:1", training_id="t", inputs={},
+                    destination=Hangs(tmp_path / "dest", "pvc://c/p"), scratch=tmp_path / "s", keep_log=True)
+    if stopped:
+        driver.cancel_requested.set()
+    log = BoundedLog(tmp_path)
+    log.write("step 1/2\nboom\n")
+    started = time.monotonic()
+    try:
+        driver._store_log(log, receiver)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert limit - 0.2 < took < limit + 2
+    assert driver.logs_uri is None and driver.log_tail == "step 1/2\nboom"
+    assert f"was not stored within {limit:g} s" in notices.getvalue()

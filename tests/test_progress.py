@@ -292,3 +292,107 @@ def test_only_the_pod_its_own_job_controls_is_read_for_a_running_training() -> N
     view.child_seen("pods", "ADDED", pod("a-1-x", "ja", "2026-12-04T09:00:01Z"))
     view.child_seen("pods", "ADDED", pod("impostor", "other-job", "2026-12-04T09:00:09Z"))  # newer, only labelled
     assert _running(runtime) == {("ml", "a"): "a-1-x"}
+
+
+class FakeApi:
+    """The driver's log (tailLines, limitBytes) and a Running Training whose status takes merge patches, as the
+    API server's do (RFC 7386: objects merge, null removes)."""
+
+    def __init__(self, log: str, status: dict[str, Any]) -> None:
+        self.log, self.status = log, {"phase": "Running", **status}
+        self.reads: list[int] = []
+        self.patches: list[dict[str, Any]] = []
+        self.request_timeout = 1.0
+        self.core = self.custom = self
+        self.view = self
+
+    def training(self, key: tuple[str, str]) -> dict[str, Any]:
+        return {"metadata": {"namespace": key[0], "name": key[1], "resourceVersion": str(len(self.patches))},
+                "status": self.status}
+
+    def read_namespaced_pod_log(self, pod: str, namespace: str, tail_lines: int, limit_bytes: int,
+                                **_: Any) -> Any:
+        self.reads.append(tail_lines)
+        data = b"".join(self.log.encode().splitlines(keepends=True)[-tail_lines:])[:limit_bytes]
+        response = io.BytesIO(data)
+        response.release_conn = lambda: None  # type: ignore[attr-defined]
+        return response
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> dict[str, Any]:
+        from support.k8s_server import merge_patch
+
+        body = args[5]
+        self.patches.append(body)
+        self.status = merge_patch(self.status, body["status"])
+        return self.training(("ml", "a"))
+
+
+def _stamped(**fields: Any) -> dict[str, Any]:
+    return {key: {**value, "observedTime": "2026-12-04T09:00:00Z"} for key, value in fields.items()}
+
+
+@pytest.mark.parametrize(("shown", "printed"), [
+    # 32 metrics shown, 32 others now (the model's first 32 changed): the status keeps at most 32 (its schema's
+    # maxProperties; more and the API server refuses every write of the Training's status, its end too)
+    (_stamped(metrics={"values": {f"old{i}": i for i in range(32)}}),
+     _stamped(metrics={"values": {f"new{i}": i for i in range(32)}})),
+    # a bar with counts, then one with unit_scale (the percent only): no stale current/total
+    (_stamped(progress={"percent": 10.0, "current": 1, "total": 10}), _stamped(progress={"percent": 12.0})),
+])
+def test_the_status_shows_the_record_read_and_nothing_left_of_the_one_before(
+        shown: dict[str, Any], printed: dict[str, Any]) -> None:
+    from cogtrain.handlers import read_progress
+
+    api = FakeApi(MARKER + json.dumps(printed) + "\n", shown)
+    record, reads = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert record is not None and reads == 1 and len(api.patches) == 1
+    assert {key: api.status[key] for key in printed} == printed
+    read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert len(api.patches) == 1, "the status already shows it: nothing written"
+
+
+def test_a_cut_tail_without_a_record_is_read_again_and_says_so() -> None:
+    """The second read is spent from the reads' budget (`Pacer.spend`), so it has to be counted."""
+    from cogtrain.handlers import read_progress
+
+    record = MARKER + json.dumps(_stamped(progress={"percent": 50.0}))
+    api = FakeApi(("x" * 1000 + "\n") * 150 + record + "\n" + "short\n" * 10, {})
+    found, reads = read_progress(api, ("ml", "a"), "a-1-x")  # type: ignore[arg-type]
+    assert found is not None and found.progress is not None and found.progress.percent == 50.0
+    assert reads == 2 and api.reads == [200, 32]
+
+
+@pytest.mark.parametrize("char", ['"', "\\", "\U0001f600", "x"])
+def test_the_largest_record_the_driver_prints_is_one_the_operator_takes(char: str) -> None:
+    """Quotes and backslashes double in JSON and an emoji is 4 bytes: 32 metrics of 64 + 256 such characters made a
+    record of 21,000 characters (40 KiB), which the operator refused (16 KiB), so the status froze; past 16 KiB the
+    container runtime also splits the line."""
+    tracker = Tracker(lambda: NOW)
+    tracker.feed(f"step 5/10 {char * 300}\n")
+    tracker.metrics({f"{char * 62}{i:02d}": char * 300 for i in range(40)})
+    record = tracker.record()
+    assert record is not None and record.metrics is not None
+    line = record.line()
+    assert len(line.encode()) < 16 * 1024 and last_record(line) == record
+    assert len(record.metrics.values) >= 8, "as many as fit"
+
+
+@pytest.mark.parametrize("pieces", [
+    ["A" * 16384 + MARKER + '{"progress":{"percent":99,"observedTime":"2020-01-01T00:00:00Z"}}' + " " * 100 + "\n"],
+    ["é" * 8192, MARKER + '{"progress":{"percent":99,"observedTime":"2020-01-01T00:00:00Z"}}\n'],  # 2 bytes each
+    ["x" * 5000 + "\n", "y" * 4096 + MARKER + "{}\n"],
+])
+def test_a_long_line_cannot_forge_a_record_where_the_runtime_splits_it(pieces: list[str]) -> None:
+    """The container runtime writes a line longer than 16 KiB as pieces, and `tailLines` counts pieces: a tail can
+    begin at a piece, in the middle of a model's line. The driver's stdout has no such lines (it wraps them), so
+    every line start it prints is one it escaped."""
+    writer, out, _ = tee()
+    for piece in pieces:
+        writer.write(piece)
+    writer.finish()
+    lines = out.getvalue().split("\n")
+    assert all(len(line.encode()) < 16 * 1024 for line in lines)
+    assert all(json.loads(line[len(MARKER):]).get("progress", {}).get("percent") != 99
+               for line in lines if line.startswith(MARKER))
+    assert "".join(line for line in lines if not line.startswith(MARKER)).replace(ESCAPE + MARKER, MARKER) == \
+        "".join(pieces).replace("\n", ""), "nothing of the model's log is lost"

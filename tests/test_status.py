@@ -165,6 +165,22 @@ def test_a_succeeded_training_shows_its_log_and_metrics_but_no_tail() -> None:
     assert patch["metrics"] == {"values": {"loss": 0.1, "predict_time": 3.5}, "observedTime": "2026-11-27T10:30:00Z"}
 
 
+def test_a_succeeded_training_shows_the_reported_metrics_only_not_those_read_while_it_ran() -> None:
+    """A status PATCH merges objects: the names read while it ran must go, or the status holds more than its schema's
+    32 and the API server refuses the write that ends the training."""
+    from support.k8s_server import merge_patch
+
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}],
+                      "completionTime": "2026-11-27T10:30:00Z"}}
+    report = {"status": "succeeded", "output": "s3://b/w", "metrics": {"loss": 0.1, "predict_time": 3.5}}
+    running = {"phase": "Running", "metrics": {"values": {f"step_metric_{i}": i for i in range(32)},
+                                               "observedTime": "2026-11-27T10:29:00Z"}}
+    patch = advance(running, observe(job, [_report_pod("Succeeded", report, 0)]), 1, NOW)
+    assert patch is not None
+    assert merge_patch(running, patch)["metrics"] == {
+        "values": {"loss": 0.1, "predict_time": 3.5}, "observedTime": "2026-11-27T10:30:00Z"}
+
+
 def test_a_restart_clears_the_progress_of_the_attempt_that_was_disrupted() -> None:
     running = {"phase": "Running", "jobName": "j", "startTime": "2026-11-27T10:00:05Z", "conditions": [],
                "progress": {"percent": 40.0, "observedTime": "2026-11-27T10:09:00Z"},

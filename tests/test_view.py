@@ -214,3 +214,15 @@ def test_past_the_cap_the_interval_stretches() -> None:
     total = sum(reads.values())
     assert total <= 10 * 301, "never more than 10 reads a second"
     assert total >= 10 * 290 and len(reads) == 1000, "the budget is used, and every Training gets its turn"
+
+
+def test_a_read_made_again_counts_against_the_cap() -> None:
+    """A tail the byte limit cut without a record is read a second time: that read is spent from the same budget."""
+    pacer = Pacer(interval=20, rate=10, first=0)
+    many = [("ns", f"t{i:04d}") for i in range(1000)]
+    reads = 0
+    for second in range(0, 301):
+        due = pacer.due(float(second), many)
+        reads += 2 * len(due)
+        pacer.spend(len(due))
+    assert 10 * 290 <= reads <= 10 * 301 + 10, "10 reads a second, second ones included (past one second's burst)"

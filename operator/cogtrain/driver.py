@@ -208,7 +208,11 @@ class RedactingWriter:
 
 
 LOG_FILE_LIMIT = 64 * 2**20  # bytes of logs.txt: beyond, its head and a rolling tail
+LOG_STORE_TIMEOUT = 300.0  # seconds logs.txt may take to store at the end of a training ...
+LOG_STORE_GRACE = 10.0  # ... or after a SIGTERM (the Pod's grace is 60 s; the cancel before may take 30)
 RECORD_EVERY = 2.0  # seconds: at most one progress record this often, unless the log runs on
+WRAP = 4000  # characters of a line on stdout (at most 4 bytes each): the runtime splits a line past 16 KiB, and a
+# `tailLines` tail may then begin inside it, where a model's text could start like a record
 RECORD_LINES, RECORD_BYTES = 100, 16384  # ... or this much log was echoed since the last record (the operator
 # reads the last 200 lines, 64 KiB: a record is always among them)
 
@@ -284,6 +288,7 @@ class LogTee:
         self._lock = threading.RLock()
         self._at_start = True  # the next character printed starts a line
         self._held = ""  # the start of a line that could still become MARKER
+        self._column = 0  # characters printed on the current line
         self._printed_version = 0
         self._last_record = -RECORD_EVERY
         self._lines = self._bytes = 0  # echoed since the last record
@@ -324,8 +329,14 @@ class LogTee:
                 out.append(escape(rest)[: -len(rest)])  # ESCAPE, when the model's line starts like a record
             end = text.find("\n", start)
             end = len(text) if end == -1 else end + 1
-            out.append(text[start:end])
-            self._at_start = text[end - 1] == "\n"
+            if self._column + end - start - (text[end - 1] == "\n") > WRAP:
+                end = start + max(1, WRAP - self._column)  # past it the container runtime splits the line
+                out.append(text[start:end] + "\n")
+                self._at_start, self._column = True, 0
+            else:
+                out.append(text[start:end])
+                self._at_start = text[end - 1] == "\n"
+                self._column = 0 if self._at_start else self._column + end - start
             start = end
         printed = "".join(out)
         self._lines += printed.count("\n")
@@ -339,7 +350,7 @@ class LogTee:
         self._printed_version = self.tracker.version
         if record is not None:
             self.stream.write(("" if self._at_start else "\n") + record.line() + "\n")
-            self._at_start = True
+            self._at_start, self._column = True, 0
 
     def metrics(self, metrics: Mapping[str, Any], redact: Callable[[str], str] = lambda text: text) -> None:
         with self._lock:
@@ -369,7 +380,7 @@ class LogTee:
                 held, self._held = self._held, ""
                 if held and self.records:
                     self.stream.write(held)
-                    self._at_start = False
+                    self._at_start, self._column = False, self._column + len(held)
             finally:
                 self._lock.release()
         self.tick(final=True)
@@ -945,13 +956,32 @@ class Driver:
             if log_file is not None and writable:  # (a destination that refused the check is not tried again)
                 self._store_log(log_file, receiver)
 
-    def _store_log(self, log_file: BoundedLog, receiver: Receiver) -> None:
-        """logs.txt at the destination, next to the weights; a failure is a notice, never the training's outcome."""
+    def _store_log(self, log_file: BoundedLog, receiver: Inbox) -> None:
+        """logs.txt at the destination, next to the weights; a failure is a notice, never the training's outcome.
+
+        Bounded in time (the report waits for it): LOG_STORE_TIMEOUT, and LOG_STORE_GRACE after a SIGTERM, when the
+        kubelet kills the driver at the end of the Pod's grace period and a report not written by then is lost. A
+        store still running then is left behind (its thread ends with the driver)."""
         self.log_tail = log_file.tail() or None
-        try:
-            self.logs_uri = self.destination.put(log_file.finish(), "logs.txt")
-        except (DriverError, OSError) as error:
-            receiver.notice(f"the training's log could not be stored as logs.txt: {getattr(error, 'message', error)}")
+        stored: list[str] = []
+        failure: list[str] = []
+
+        def store() -> None:
+            try:
+                stored.append(self.destination.put(log_file.finish(), "logs.txt"))
+            except (DriverError, OSError) as error:
+                failure.append(str(getattr(error, "message", error)))
+
+        limit = LOG_STORE_GRACE if self.cancel_requested.is_set() else LOG_STORE_TIMEOUT
+        storing = threading.Thread(target=store, name="store-logs", daemon=True)
+        storing.start()
+        storing.join(limit)
+        if storing.is_alive():
+            failure.append(f"the destination did not answer: it was not stored within {limit:g} s")
+        elif stored:
+            self.logs_uri = stored[0]
+        if failure:
+            receiver.notice(f"the training's log could not be stored as logs.txt: {failure[0]}")
 
     def _wait_ready(self, receiver: Receiver) -> None:
         def canceled() -> DriverError | None:

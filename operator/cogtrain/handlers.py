@@ -40,7 +40,7 @@ from .checks import check
 from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, Reason
 from .jobs import LABEL_MANAGED_BY, LABEL_TRAINING, MANAGED_BY, build_job, job_name
 from .notifier import Notifier
-from .progress import Record, last_record
+from .progress import Record, last_record, merge_patch
 from .pull_secrets import read_pull_secrets
 from .registry import RegistryClient, RegistryError
 from .resolver import SchemaResolver
@@ -851,8 +851,10 @@ async def _progress_reads(runtime: Runtime) -> None:
             due = pacer.due(loop.time(), running)
             reads = [loop.run_in_executor(threads, read_progress, runtime, key, running[key]) for key in due]
             for key, outcome in zip(due, await asyncio.gather(*reads, return_exceptions=True), strict=True):
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, BaseException):
                     LOGGER.warning("reading the progress of Training %s/%s failed: %s", key[0], key[1], outcome)
+                else:
+                    pacer.spend(outcome[1] - 1)  # a second read of a cut tail is within the cap too
     finally:
         threads.shutdown(wait=False, cancel_futures=True)
 
@@ -869,39 +871,41 @@ def _driver_log(runtime: Runtime, namespace: str, pod: str, lines: int) -> tuple
     return data.decode(errors="replace"), len(data) >= PROGRESS_TAIL_BYTES
 
 
-def read_progress(runtime: Runtime, key: Key, pod: str) -> Record | None:
+def read_progress(runtime: Runtime, key: Key, pod: str) -> tuple[Record | None, int]:
     """The last progress record in the Pod's driver log, written into the status of the Training that owns the
     Pod when it differs from what the status shows; nothing else is written, and a record that is not valid is
     ignored. The byte limit keeps the beginning of the tail: a tail it cut with no record in it (long lines) is
-    read again, as many lines as half of what fitted."""
+    read again, as many lines as half of what fitted. With the record, how many reads of the log it took."""
     namespace, name = key
+    reads = 1
     try:
         text, cut = _driver_log(runtime, namespace, pod, PROGRESS_TAIL_LINES)
         record = last_record(text)
         if record is None and cut:
+            reads += 1
             record = last_record(_driver_log(runtime, namespace, pod, max(2, text.count("\n") // 2))[0])
     except ApiException as error:
         if error.status in (400, 404):  # the container is gone or not started: nothing to read
-            return None
+            return None, reads
         raise
     if record is None:
-        return None
+        return None, reads
     if record.progress is not None and record.progress.percent is not None:
         metrics.PROGRESS.set(namespace, name, record.progress.percent)
     training = runtime.view.training(key)
     status = (training or {}).get("status") or {}
     fields = record.status()
-    if training is None or status.get("phase") != api.Phase.RUNNING.value or all(
-            status.get(field) == value for field, value in fields.items()):
-        return record
-    body = {"metadata": {"resourceVersion": training["metadata"].get("resourceVersion")}, "status": fields}
+    patch = merge_patch({field: status.get(field) for field in fields}, fields)  # the record's fields, as they are
+    if training is None or status.get("phase") != api.Phase.RUNNING.value or not patch:
+        return record, reads
+    body = {"metadata": {"resourceVersion": training["metadata"].get("resourceVersion")}, "status": patch}
     try:  # conditional: a status written meanwhile (the Training's end, say) wins; the next read tries again
         runtime.custom.patch_namespaced_custom_object_status(
             *TRAININGS[:2], namespace, TRAININGS[2], name, body, _request_timeout=runtime.request_timeout)
     except ApiException as error:
         if error.status not in (404, 409):
             raise
-    return record
+    return record, reads
 
 
 # --- admission and metrics ----------------------------------------------------------------------

@@ -36,6 +36,8 @@ MAX_KEY = 64  # characters of a metric's name
 MAX_TEXT = 256  # characters of a metric's string value and of the last log line
 MAX_SEGMENT = 4096  # characters of one log line (or \r-separated piece) kept for parsing
 MAX_RECORD = 16 * 1024  # characters of a record line the operator accepts
+MAX_METRICS_BYTES = 12 * 1024  # of the metrics in JSON (quotes double, an emoji is 4 bytes): a record stays under
+# MAX_RECORD and under the 16 KiB past which the container runtime splits a line of the log in pieces
 MAX_COUNT = 2**53  # current/total beyond this are not believed
 TAIL_LINES, TAIL_BYTES = 20, 2048  # the log tail a failed Training's status shows
 
@@ -140,18 +142,26 @@ def clean_text(text: str, limit: int = MAX_TEXT) -> str:
 
 def bounded_metrics(metrics: Mapping[str, Any], redact: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
     """The metrics the status may hold: at most 32, names of at most 64 characters, finite numbers, strings and
-    booleans (strings cut to 256 characters, redacted); anything else is left out."""
+    booleans (strings cut to 256 characters, redacted), 12 KiB in JSON in all (those that fit); anything else is
+    left out."""
     kept: dict[str, Any] = {}
+    size = 2
     for key, value in metrics.items():
         name = clean_text(redact(str(key)), MAX_KEY)
         if not name or len(kept) >= MAX_METRICS:
             continue
         if isinstance(value, bool) or (isinstance(value, int) and abs(value) <= MAX_COUNT):
-            kept[name] = value
+            pass
         elif isinstance(value, float) and math.isfinite(value):
-            kept[name] = value
+            pass
         elif isinstance(value, str):
-            kept[name] = clean_text(redact(value))
+            value = clean_text(redact(value))
+        else:
+            continue
+        cost = len(json.dumps({name: value}, ensure_ascii=False).encode())  # with its braces: a separator's room
+        if size + cost <= MAX_METRICS_BYTES:
+            kept[name] = value
+            size += cost
     return kept
 
 
@@ -218,6 +228,23 @@ class Tracker:
         if self._last_log is not None:
             last_log = LastLog(line=self._last_log[0], observed_time=_timestamp(self._last_log[1]))
         return Record(progress=progress, metrics=self._metrics, last_log=last_log)
+
+
+def merge_patch(current: Any, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386, what a status PATCH is) that turns the object `current` into `wanted`, where
+    a None in `wanted` means absent: a key `wanted` lacks is removed (null), objects are patched key by key,
+    anything else is replaced. Empty when `current` already is `wanted`. (`wanted` itself as the patch would keep
+    the keys `current` has besides: a status would pile up the metric names of every record.)"""
+    old = current if isinstance(current, Mapping) else {}
+    patch: dict[str, Any] = {key: None for key, value in old.items() if value is not None and wanted.get(key) is None}
+    for key, value in wanted.items():
+        if isinstance(value, Mapping):
+            inner = merge_patch(old.get(key), value)
+            if inner or not isinstance(old.get(key), Mapping):
+                patch[key] = inner
+        elif value is not None and old.get(key) != value:
+            patch[key] = value
+    return patch
 
 
 def escape(line_start: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from .api import Phase
 from .contract import DRIVER_CONTAINER, MESSAGE_LIMIT, MODEL_CONTAINER, DriverReport, Reason, weights_of
 from .jobs import KUEUE_QUEUE_LABEL
-from .progress import bounded_metrics
+from .progress import bounded_metrics, merge_patch
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELED)
 _PULL_RETRYING = ("ErrImagePull", "ImagePullBackOff")
@@ -407,8 +407,9 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
         fields["output"] = observation.output
         if observation.weights:
             fields["weights"] = observation.weights
-        if values := bounded_metrics(observation.metrics or {}):
-            fields["metrics"] = {"values": values, "observedTime": stamp if isinstance(stamp, str) else _stamp(stamp)}
+        if values := bounded_metrics(observation.metrics or {}):  # instead of those read while it ran
+            fields["metrics"] = merge_patch(current.get("metrics"), {
+                "values": values, "observedTime": stamp if isinstance(stamp, str) else _stamp(stamp)})
     if new in TERMINAL and observation.logs:
         fields["logs"] = observation.logs
     if new is Phase.FAILED and observation.log_tail:

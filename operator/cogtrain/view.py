@@ -203,8 +203,8 @@ class Schedule:
 
 class Pacer:
     """Which running Trainings to read now: each `first` seconds after it is first seen, then every `interval`,
-    and at most `rate` reads a second in all (a one-second burst). Past `rate * interval` Trainings the interval
-    stretches, the most overdue first."""
+    and at most `rate` reads a second in all (a one-second burst; the reads `spend` reports count too). Past
+    `rate * interval` Trainings the interval stretches, the most overdue first."""
 
     def __init__(self, interval: float, rate: float, first: float = 5.0) -> None:
         self.interval, self.rate, self.first = interval, rate, min(first, interval)
@@ -220,8 +220,12 @@ class Pacer:
         elapsed = 1.0 if self._last is None else now - self._last
         self._tokens = min(max(self.rate, 1.0), self._tokens + elapsed * self.rate)
         self._last = now
-        ready = sorted((at, key) for key, at in self._next.items() if at <= now)[: int(self._tokens)]
+        ready = sorted((at, key) for key, at in self._next.items() if at <= now)[: max(0, int(self._tokens))]
         self._tokens -= len(ready)
         for _, key in ready:
             self._next[key] = now + self.interval
         return [key for _, key in ready]
+
+    def spend(self, reads: int) -> None:
+        """Reads made besides those `due` gave (a second read of one Training): fewer are due next."""
+        self._tokens -= reads
