@@ -232,3 +232,11 @@ def test_snippets_embed_exactly_the_lua_files(path: Path) -> None:
         name: (CUSTOMIZATION / "actions" / name / "action.lua").read_text() for name in ACTIONS}
     assert data == customization_data()
     assert path.read_text() == SNIPPETS[path](), f"{path.name} is stale: run `.venv/bin/python tests/support/argocd.py`"
+
+
+def test_the_gitops_guide_links_what_is_there() -> None:
+    guide = ROOT / "docs" / "gitops.md"
+    links = re.findall(r"\]\((\.\./[^)#]+|[a-z]+\.md)\)", guide.read_text())
+    assert len(links) >= 5
+    assert [link for link in links if not (guide.parent / link).exists()] == []
+    assert "docs/gitops.md" in (ROOT / "README.md").read_text()
