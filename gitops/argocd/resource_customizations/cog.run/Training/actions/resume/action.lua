@@ -1,0 +1,5 @@
+-- Resume a suspended training.
+if obj.spec.suspend == true then
+  obj.spec.suspend = false
+end
+return obj
