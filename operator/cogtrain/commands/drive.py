@@ -10,7 +10,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..contract import DESTINATION_MOUNT, DRIVER_PORT, LOOPBACK, MODEL_PORT, SCRATCH_MOUNT, TERMINATION_LOG, Reason
+from ..contract import (
+    DESTINATION_MOUNT,
+    DRIVER_PORT,
+    INPUTS_MOUNT,
+    LOOPBACK,
+    MODEL_PORT,
+    SCRATCH_MOUNT,
+    TERMINATION_LOG,
+    Reason,
+)
 from ..destinations import Destination, DriverError, destination_for
 from ..driver import Driver, inputs_from_env, termination_message
 from . import EXIT_OK
@@ -28,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--destination", required=True, help="pvc://CLAIM/PATH (mounted at --destination-root) or s3://BUCKET/PREFIX"
     )
     parser.add_argument("--destination-root", type=Path, default=Path(DESTINATION_MOUNT))
+    parser.add_argument("--inputs-root", type=Path, default=Path(INPUTS_MOUNT),
+                        help="where the claims of pvc:// inputs are mounted, each at <root>/<claim>")
     parser.add_argument("--scratch", type=Path, default=Path(SCRATCH_MOUNT))
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--name", required=True)
