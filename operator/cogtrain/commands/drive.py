@@ -20,8 +20,8 @@ from ..contract import (
     TERMINATION_LOG,
     Reason,
 )
-from ..destinations import Destination, DriverError, destination_for
-from ..driver import Driver, inputs_from_env, termination_message
+from ..destinations import Destination, DriverError, InputFiles, destination_for
+from ..driver import Driver, inputs_from_env, storage_inputs_from_env, termination_message
 from . import EXIT_OK
 
 DESCRIPTION = "Drive the model's Cog server through one training; inputs come from COGTRAIN_INPUT_* variables."
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             model_url=args.model_url,
             training_id=args.training_id,
             inputs=inputs_from_env(dict(os.environ)),
+            storage_inputs=storage_inputs_from_env(os.environ),
+            input_files=InputFiles(args.destination, args.destination_root, args.inputs_root),
             destination=destination,
             scratch=args.scratch,
             listen=args.listen,
