@@ -17,7 +17,7 @@ from cogtrain.contract import parse_storage_ref
 from cogtrain.destinations import InputFiles, LocalDestination
 from cogtrain.driver import Driver, Receiver
 from support.cogserver import free_port
-from support.driving import drive_to_end, run_within
+from support.driving import PeakMemory, drive_to_end, run_within, start_drive
 from support.paths import DRIVER_MODELS
 from support.s3_server import BUCKET, S3Server
 
@@ -65,6 +65,36 @@ def test_s3_and_pvc_inputs_reach_train_as_files_with_their_names(tmp_path: Path,
     assert output.split("\n")[-1] == "s3://only/text", "a string input's text is passed as it is"
     assert f"served s3://{BUCKET}/in/ml/tok/config.json: {len(obj)} bytes" in err
     assert s3.reader["AWS_SECRET_ACCESS_KEY"] not in out + err
+
+
+@pytest.mark.integration
+def test_large_file_inputs_are_streamed_without_growing_the_driver(tmp_path: Path, s3: S3Server) -> None:
+    """256 MiB from a claim (sendfile) and 48 MiB from S3 (1 MiB pieces) reach train() whole; the driver's
+    memory stays that of an idle driver."""
+    claim_size, object_size = 256 * 2**20, 48 * 2**20
+    big = tmp_path / "inputs" / "datasets" / "big.bin"
+    big.parent.mkdir(parents=True)
+    with big.open("wb") as out:
+        out.truncate(claim_size)
+    obj = os.urandom(2**20) * (object_size // 2**20)
+    s3.client().put_object(Bucket=BUCKET, Key="in/ml/tok/big.obj", Body=obj)  # type: ignore[attr-defined]
+    server, process = start_drive(tmp_path, READS_FILES, {
+        "COGTRAIN_INPUT_data": json.dumps("pvc://datasets/big.bin"),
+        "COGTRAIN_INPUT_extra": json.dumps([f"s3://{BUCKET}/in/ml/tok/big.obj"]),
+        "COGTRAIN_STORAGE_INPUTS": json.dumps(["data", "extra"]), **s3.env("reader"),
+    }, [f"--inputs-root={tmp_path / 'inputs'}"])
+    memory = PeakMemory(process.pid)
+    try:
+        _, err = process.communicate(timeout=300)
+        server.process.wait(timeout=20)
+    finally:
+        server.stop()
+    peak = memory.stop()
+    assert process.returncode == 0, err
+    output = json.loads((tmp_path / "termination-log").read_text())["output"]
+    assert [line.rsplit(" ", 1)[1] for line in output.split("\n")[:2]] == [_sha(bytes(claim_size)), _sha(obj)]
+    assert memory.readings > 10, "the driver's memory was read while it ran"
+    assert peak < 80 * 2**20, f"the driver's peak RSS (VmHWM) was {peak / 2**20:.0f} MiB"
 
 
 def _fail(tmp_path: Path, inputs: dict[str, object], environ: dict[str, str] | None = None) -> str:
