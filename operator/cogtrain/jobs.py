@@ -257,11 +257,12 @@ def build_job(
             f"--training-id={meta.uid or name}",
             f"--destination={destination}",
             f"--destination-root={DESTINATION_MOUNT}",
-            f"--inputs-root={INPUTS_MOUNT}",
             f"--scratch={SCRATCH_MOUNT}",
             f"--namespace={meta.namespace or ''}",
             f"--name={meta.name or ''}",
             f"--setup-timeout={settings.setup_timeout_seconds}",
+            # Only with file inputs from cluster storage: a Training without them runs with an older driver too.
+            *([f"--inputs-root={INPUTS_MOUNT}"] if storage_inputs else []),
         ],
         # The root filesystem is read-only: temporary files (e.g. an oversized output.json) go to scratch.
         "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}]
