@@ -299,6 +299,37 @@ def test_the_permissions_a_spec_asks_for() -> None:
     ]
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(("spec", "wanted"), [
+    ({"inputSecretRef": {"name": "reader"}}, [access.Need("spec.inputSecretRef", "get", "secrets", "reader")]),
+    # each claim once, whether a file input or a list's item names it; malformed and s3:// values ask nothing
+    ({"input": {"data": "pvc://datasets/a.csv", "extra": ["pvc://datasets/b.csv", "pvc://shared-models/c.bin",
+                                                          "s3://bucket/k", "pvc://Bad_Name/x", "https://x/y"]}},
+     [access.Need("spec.input.data", "get", "persistentvolumeclaims", "datasets"),
+      access.Need("spec.input.extra", "get", "persistentvolumeclaims", "shared-models")]),
+    ({"input": {"note": "pvc://notes/x"}}, [access.Need("spec.input.note", "get", "persistentvolumeclaims", "notes")]),
+    ({"input": "not an object"}, []),
+])
+def test_the_permissions_file_inputs_ask_for(spec: dict[str, Any], wanted: list[access.Need]) -> None:
+    assert access.needs(spec) == [access.Need("spec", "create", "pods"), *wanted]
+
+
+class _Denying:
+    """An authorization API that refuses every review."""
+
+    def create_subject_access_review(self, review: Any, _request_timeout: float = 0) -> Any:
+        return client.V1SubjectAccessReview(spec=review.spec, status=client.V1SubjectAccessReviewStatus(allowed=False))
+
+
+@pytest.mark.unit
+def test_a_claim_the_creator_may_not_get_is_refused_naming_the_input() -> None:
+    wanted = access.needs({"input": {"data": "pvc://team-b-data/x.csv"}})[1:]
+    assert access.refusals(_Denying(), {"username": "alice"}, "ml", wanted) == [  # type: ignore[arg-type]
+        "spec.input.data: alice may not get the PersistentVolumeClaim team-b-data in namespace ml; "
+        "a Training can read files only from claims its creator may get"
+    ]
+
+
 @dataclass
 class Reviews:
     """The SubjectAccessReviews the webhook asks, answered by `denied` (verb, resource, name)."""

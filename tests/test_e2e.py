@@ -12,6 +12,7 @@ Tests marked xfail(strict=True) show product bugs the real API server found; eac
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -80,7 +81,7 @@ def images(cluster: Cluster, registries: Registries) -> dict[str, str]:
     models = {"hello-train": EXAMPLES / "hello-train", "tiny-lm": EXAMPLES / "tiny-lm",
               "fails": DRIVER_MODELS / "fails", "sleeps": DRIVER_MODELS / "sleeps",
               "progress": DRIVER_MODELS / "progress",
-              "slow-setup": DRIVER_MODELS / "slow-setup"}
+              "slow-setup": DRIVER_MODELS / "slow-setup", "reads-files": DRIVER_MODELS / "reads-files"}
     return {name: push_model(cluster, registries.anonymous, name, folder) for name, folder in models.items()}
 
 
@@ -370,6 +371,33 @@ def test_tiny_lm_trains_a_few_steps_on_the_cluster(api: client.ApiClient, kubect
 
 
 # --- 5. failure, cancel, suspend, delete, restarts --------------------------------------------------------------
+
+
+def test_a_file_on_a_claim_reaches_train_read_only_through_the_driver(api: client.ApiClient, kubectl: Kubectl,
+                                                                     images: dict[str, str],
+                                                                     new_namespace: Callable[..., str]) -> None:
+    namespace = new_namespace(claims=(TRAININGS_CLAIM, "datasets"))
+    core = client.CoreV1Api(api)
+    wait_for("the datasets claim bound", lambda: core.read_namespaced_persistent_volume_claim(
+        "datasets", namespace).spec.volume_name, timeout=30)
+    data = b"id,caption\n1,a cat\n"
+    source = pvc_path(api, namespace, "pvc://datasets/train/captions.csv")
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(data)
+    kubectl.apply(training_manifest("reads", images["reads-files"], {"data": "pvc://datasets/train/captions.csv"},
+                                    "pvc://trainings/x"), "-n", namespace)
+    kubectl_wait(kubectl, namespace, "reads", "Succeeded", timeout=120)
+    name, digest = read_training(api, namespace, "reads")["status"]["output"].split("\n")[0].rsplit(" ", 1)
+    assert digest == hashlib.sha256(data).hexdigest() and name.endswith("captions.csv"), name
+    [pod] = pods_of(api, namespace, "reads")
+    volumes = {v.name: v for v in pod.spec.volumes}
+    [driver] = pod.spec.containers
+    mounts = [m for m in driver.volume_mounts if m.name in volumes and volumes[m.name].persistent_volume_claim
+              and volumes[m.name].persistent_volume_claim.claim_name == "datasets"]
+    assert [(m.mount_path, m.read_only) for m in mounts] == [("/inputs/datasets", True)]
+    assert not [m for m in pod.spec.init_containers[0].volume_mounts or [] if m.name in {x.name for x in mounts}], (
+        "the model container gets no claim")
+    assert source.read_bytes() == data
 
 
 def test_a_train_that_raises_fails_the_training_with_the_models_error(api: client.ApiClient, kubectl: Kubectl,

@@ -220,3 +220,63 @@ def test_a_list_of_secrets_is_passed_by_reference_under_its_own_prefix() -> None
     env = {e["name"]: e for e in containers(job)[1]["env"]}
     assert env[f"{SECRET_LIST_ENV_PREFIX}tokens"]["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "list"}}
     assert f"{SECRET_ENV_PREFIX}tokens" not in env and f"{SECRET_ENV_PREFIX}hf_token" in env
+
+
+FILE_INPUTS = {"train_data": "pvc://datasets/images/part-1.tar", "extra": ["pvc://shared.models/base.bin",
+               "s3://bucket/p/ml/in.csv", "pvc://datasets/images/part-2.tar", "pvc://weights/team/ml/old/weights.bin"],
+               "seed": 7}
+
+
+def _driver_env(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in containers(job)[1]["env"]}
+
+
+@pytest.mark.parametrize(("storage", "destination", "claims"), [
+    # each claim once; the destination's claim is read where it is already mounted
+    (["train_data", "extra"], "pvc://weights/team", ["datasets", "shared.models"]),
+    (["train_data", "extra"], "s3://b/p", ["datasets", "shared.models", "weights"]),
+    (["train_data"], "s3://b/p", ["datasets"]),
+    ([], "s3://b/p", []),  # no input names a file in cluster storage: nothing is mounted
+])
+def test_pvc_inputs_are_mounted_read_only_into_the_driver(storage: list[str], destination: str,
+                                                          claims: list[str]) -> None:
+    job = build_job(training(destination=destination), IMAGE, FILE_INPUTS, Settings(), storage_inputs=storage)
+    pod = job["spec"]["template"]["spec"]
+    model, driver = containers(job)
+    inputs = [v for v in pod["volumes"] if v["name"].startswith("input-")]
+    assert [v["persistentVolumeClaim"] for v in inputs] == [{"claimName": c, "readOnly": True} for c in claims]
+    mounts = {m["name"]: m for m in driver["volumeMounts"]}
+    assert [(mounts[v["name"]]["mountPath"], mounts[v["name"]]["readOnly"]) for v in inputs] == [
+        (f"/inputs/{c}", True) for c in claims]
+    assert all(not m["name"].startswith("input-") for m in model["volumeMounts"]), "the model container gets no claim"
+    assert ("--inputs-root=/inputs" in driver["args"]) == bool(storage)
+    env = _driver_env(job)
+    assert json.loads(env["COGTRAIN_STORAGE_INPUTS"]["value"]) == sorted(storage) if storage else (
+        "COGTRAIN_STORAGE_INPUTS" not in env)
+
+
+def test_file_inputs_job_is_valid_for_kubernetes() -> None:
+    job = build_job(training(destination="pvc://weights/team", inputSecretRef={"name": "reader"}), IMAGE,
+                    FILE_INPUTS, Settings(), storage_inputs=["train_data", "extra"])
+    kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(("spec", "reader"), [
+    ({"destination": "s3://b/p", "destinationSecretRef": {"name": "s3-creds"}, "inputSecretRef": {"name": "reader"}},
+     "reader"),
+    ({"destination": "pvc://weights/team", "inputSecretRef": {"name": "reader"}}, "reader"),
+    # unset: the s3:// inputs are read with the destination's settings (AWS_*), or the Pod's own identity
+    ({"destination": "s3://b/p", "destinationSecretRef": {"name": "s3-creds"}}, None),
+])
+def test_s3_inputs_are_read_with_the_named_secret_by_reference_only(spec: dict[str, Any], reader: str | None) -> None:
+    job = build_job(training(**spec), IMAGE, FILE_INPUTS, Settings(), storage_inputs=["extra"])
+    env = {n: e for n, e in _driver_env(job).items() if n.startswith("COGTRAIN_SOURCE_")}
+    if reader is None:
+        assert env == {}
+        return
+    assert sorted(env) == sorted(f"COGTRAIN_SOURCE_{k}" for k in S3_ENV)
+    assert all(e["valueFrom"]["secretKeyRef"] == {"name": reader, "key": k[len("COGTRAIN_SOURCE_"):],
+                                                  "optional": k[len("COGTRAIN_SOURCE_"):] not in S3_REQUIRED}
+               and "value" not in e for k, e in env.items())
+    assert not any(n.startswith(INPUT_ENV_PREFIX) and "AWS" in n for n in _driver_env(job)), (
+        "not under the inputs' prefix, where the driver would take them for inputs")

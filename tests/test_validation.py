@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import tracemalloc
@@ -25,6 +26,7 @@ from cogtrain.validation import (
     summarize,
     validate_input,
 )
+from support.paths import DRIVER_MODELS, schema_file
 
 pytestmark = pytest.mark.unit
 
@@ -124,7 +126,7 @@ def test_explicit_null_for_input_that_is_not_required_is_left_out(all_inputs: Tr
 
 def test_required_input_missing(all_inputs: TrainingSchema) -> None:
     assert problems(all_inputs, {"caption_prefix": "x"}) == [
-        "input.train_data: required input is missing; it takes a URI string (an https:// or data: URL, or a path)"
+        "input.train_data: required input is missing; it takes a URI string (an https:// or data: URL, s3://BUCKET/KEY, pvc://CLAIM/PATH, or a path)"
     ]
 
 
@@ -487,3 +489,49 @@ def test_unpaired_surrogate_is_refused(all_inputs: TrainingSchema) -> None:
 def test_input_name_that_is_a_huge_integer(all_inputs: TrainingSchema) -> None:
     [line] = problems(all_inputs, {**BASE, 10**5000: 1})
     assert line.startswith("input.an integer of about 5001 digits: unknown input")
+
+
+def _reads_files() -> TrainingSchema:
+    return parse_schema(json.loads(schema_file(DRIVER_MODELS / "reads-files").read_text()))
+
+
+@pytest.mark.parametrize(("values", "storage"), [
+    ({"data": "s3://trainings/runs/ml/a/in.csv"}, ["data"]),
+    ({"data": "pvc://datasets/images/2024/part-1.tar"}, ["data"]),
+    ({"data": "https://example.com/d.csv", "extra": ["pvc://datasets/x.bin", "https://example.com/y"]}, ["extra"]),
+    ({"data": "https://example.com/d.csv", "extra": []}, []),
+    # a string input keeps any text: nothing is read for it
+    ({"data": "https://example.com/d.csv", "note": "s3://not a/file//../x"}, []),
+])
+def test_file_inputs_may_name_files_in_cluster_storage(values: dict[str, Any], storage: list[str]) -> None:
+    result = validate_input(_reads_files(), values)
+    assert result.ok, result.problems
+    assert result.input == values, "the references go to the driver as written"
+    assert result.storage_input_names == storage
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("s3://trainings", "names no object: it has no object key; write s3://BUCKET/KEY"),
+    ("s3://trainings/", "names no object: it has no object key; write s3://BUCKET/KEY"),
+    ("s3://Trainings/k", "names no valid bucket"),
+    ("s3:///k", "names no valid bucket"),
+    ("s3://trainings/runs/", "ends with /: it names a folder; name one file (s3://BUCKET/KEY)"),
+    ("s3://trainings/runs/../other-ns/secret.csv", "has a . or .. segment in its object key"),
+    ("s3://trainings/" + "k" * 1025, "has an object key longer than 1024 bytes"),
+    ("pvc://datasets", "names no file: it has no path in the claim; write pvc://CLAIM/PATH"),
+    ("pvc://datasets/", "names no file: it has no path in the claim; write pvc://CLAIM/PATH"),
+    ("pvc://datasets/../../etc/passwd", "has a . or .. segment in its path in the claim"),
+    ("pvc://datasets/a/./b", "has a . or .. segment in its path in the claim"),
+    ("pvc://datasets//etc/passwd", "has an empty segment (//) in its path in the claim"),
+    ("pvc://Data_Sets/x", "names no valid claim (a PersistentVolumeClaim name"),
+    ("pvc://-datasets/x", "names no valid claim"),
+    ("pvc://" + "a" * 254 + "/x", "names no valid claim"),
+    ("pvc://datasets/a\nb", "contains a control character"),
+])
+def test_malformed_storage_references_are_refused_naming_the_field(value: str, message: str) -> None:
+    for values, where in (({"data": value}, "input.data"),
+                          ({"data": "https://example.com/d", "extra": ["pvc://datasets/ok", value]}, "input.extra[1]")):
+        result = validate_input(_reads_files(), values)
+        assert [p.field for p in result.problems] == [where]
+        assert message in result.problems[0].message, result.problems[0].message
+        assert result.storage_input_names == []

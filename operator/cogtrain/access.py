@@ -1,10 +1,11 @@
 """Who may make a Training use what: creating a Training is creating a Pod.
 
 A Training's Pod reads the Secrets its spec names (`secretInputs`, `destinationSecretRef`,
-`imagePullSecrets`) and runs under its `serviceAccountName`, and a model that echoes its input
-can publish a Secret it was given. So the admission webhook asks the API server, with a
-SubjectAccessReview for the requesting user, whether that user may create Pods in the namespace
-and get each Secret the spec names; a Training whose creator could not do so directly is denied.
+`inputSecretRef`, `imagePullSecrets`) and the claims its pvc:// inputs name, and runs under its
+`serviceAccountName`; a model that echoes its input can publish a Secret or a file it was given.
+So the admission webhook asks the API server, with a SubjectAccessReview for the requesting user,
+whether that user may create Pods in the namespace, get each Secret the spec names and get each
+PersistentVolumeClaim its inputs read; a Training whose creator could not do so directly is denied.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from .contract import parse_storage_ref, storage_refs
 
 MAX_CHECKS = 64  # SubjectAccessReviews per admission review, at most (each is one API call)
 
@@ -48,6 +51,21 @@ def needs(spec: Mapping[str, Any]) -> list[Need]:
         secret(f"spec.imagePullSecrets[{index}]", ref.get("name") if isinstance(ref, Mapping) else None)
     signing = spec.get("webhookSecretRef")
     secret("spec.webhookSecretRef", signing.get("name") if isinstance(signing, Mapping) else None)
+    reader = spec.get("inputSecretRef")
+    secret("spec.inputSecretRef", reader.get("name") if isinstance(reader, Mapping) else None)
+    claims: set[str] = set()
+    values = spec.get("input")
+    # Before the schema is read, so any input's pvc:// value counts (a string input's too): the
+    # creator of a Training that may read a claim must be allowed to read it.
+    for input_name, value in sorted(values.items() if isinstance(values, Mapping) else []):
+        for ref in storage_refs(value):
+            try:
+                parsed = parse_storage_ref(ref)
+            except ValueError:
+                continue  # the validator names what is wrong with it
+            if parsed.scheme == "pvc" and parsed.root not in claims:
+                claims.add(parsed.root)
+                found.append(Need(f"spec.input.{input_name}", "get", "persistentvolumeclaims", parsed.root))
     return found
 
 
@@ -64,7 +82,7 @@ def refusals(
     cannot answer all of them within `deadline` seconds (the reviews run at once, under one deadline,
     well inside the webhook's own timeout)."""
     if len(wanted) > MAX_CHECKS:
-        return [f"spec: names {len(wanted) - 1} Secrets; at most {MAX_CHECKS - 1} can be checked"]
+        return [f"spec: names {len(wanted) - 1} Secrets and claims; at most {MAX_CHECKS - 1} can be checked"]
     user = str(userinfo.get("username") or "")
     uid = str(userinfo.get("uid") or "") or None
     groups = _strings(userinfo.get("groups"))
@@ -103,6 +121,11 @@ def refusals(
             problems.append(
                 f"spec: {user} may not create Pods in namespace {namespace}, and a Training runs as a Pod; "
                 "ask for the right to create Pods there"
+            )
+        elif need.resource == "persistentvolumeclaims":
+            problems.append(
+                f"{need.field}: {user} may not get the PersistentVolumeClaim {need.name} in namespace {namespace}; "
+                "a Training can read files only from claims its creator may get"
             )
         else:
             problems.append(

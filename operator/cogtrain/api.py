@@ -157,6 +157,14 @@ class TrainingSpec(_Model):
             "identity (e.g. IRSA)."
         ),
     )
+    input_secret_ref: V1LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Secret in the Training's namespace with the settings that read s3:// file inputs, under the AWS "
+            "SDK's names (as destinationSecretRef). Unset: the destination's credentials; the operator's default "
+            "destination Secret reads only under <default destination>/<namespace>/."
+        ),
+    )
     resources: Resources | None = Field(
         default=None,
         description="GPUs and compute resources of the model container (default: 1 GPU).",

@@ -26,6 +26,7 @@ class Checked:
     input: dict[str, Any] = field(default_factory=dict)
     reason: Reason = Reason.INPUTS_VALID
     secret_list_names: list[str] = field(default_factory=list)  # Secret inputs that take a list of strings
+    storage_input_names: list[str] = field(default_factory=list)  # file inputs naming s3:// or pvc:// files
 
     @property
     def ok(self) -> bool:
@@ -39,6 +40,7 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
     warnings: list[Problem] = []
     values: dict[str, Any] = {}
     secret_lists: list[str] = []
+    storage: list[str] = []
     reason = Reason.INPUTS_VALID
     if model is not None:
         result = validate_input(model.schema, spec.input, list(spec.secret_inputs or {}))
@@ -46,12 +48,61 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
         warnings += result.warnings
         values = result.input
         secret_lists = list(result.secret_list_names)
-        if result.problems:
+        storage = list(result.storage_input_names)
+        problems += outside_namespace_area(training, {name: values[name] for name in storage}, settings)
+        if problems:
             reason = Reason.INVALID_INPUT
+            values, storage = {}, []
     if not (spec.destination or settings.default_destination):
         problems.append(Problem(
             "spec.destination",
             "not set and the operator has no default destination (set it to s3://BUCKET/PREFIX/ or pvc://CLAIM/PATH)",
         ))
         reason = reason if problems[:-1] else Reason.NO_DESTINATION
-    return Checked(problems, warnings, values, reason, secret_lists)
+    return Checked(problems, warnings, values, reason, secret_lists, storage)
+
+
+def reads_inputs_with_operator_secret(training: Training, settings: Settings) -> bool:
+    """Whether s3:// inputs would be read with the operator's default destination Secret (an admin's
+    credentials, shared by every namespace) rather than with credentials the Training's author chose."""
+    spec = training.spec
+    return (
+        spec.input_secret_ref is None
+        and spec.destination is None
+        and spec.destination_secret_ref is None
+        and bool(settings.default_destination_secret)
+        and (settings.default_destination or "").startswith("s3://")
+    )
+
+
+def namespace_area(training: Training, settings: Settings) -> str:
+    """`s3://BUCKET/PREFIX/<namespace>/`: the part of the default destination that belongs to the
+    Training's namespace (its Trainings' outputs land there)."""
+    bucket, _, prefix = (settings.default_destination or "")[len("s3://"):].partition("/")
+    parts = [part for part in prefix.split("/") if part] + [training.metadata.namespace or ""]
+    return f"s3://{bucket}/{'/'.join(parts)}/"
+
+
+def outside_namespace_area(training: Training, storage: dict[str, Any], settings: Settings) -> list[Problem]:
+    """s3:// inputs that the operator's credentials would read outside the namespace's own area.
+
+    With those credentials one namespace could otherwise read another's data (its inputs, its
+    weights); with a Secret the author names (and, by the admission webhook's check, may read)
+    the store's own permissions decide.
+    """
+    if not reads_inputs_with_operator_secret(training, settings):
+        return []
+    area = namespace_area(training, settings)
+    problems = []
+    for name, value in storage.items():
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item.startswith("s3://") or item.startswith(area):
+                continue
+            where = f"input.{name}" + (f"[{index}]" if isinstance(value, list) else "")
+            problems.append(Problem(where, (
+                f"{item[:200]} is outside this namespace's area of the operator's default destination ({area}); "
+                "the operator's credentials read s3:// inputs only there: put the file there, or name a Secret "
+                "with credentials for it in spec.inputSecretRef"
+            )))
+    return problems

@@ -10,7 +10,9 @@ of I/O and of imports beyond the standard library and pydantic.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
@@ -32,6 +34,15 @@ SECRET_LIST_ENV_PREFIX = "COGTRAIN_SECRET_LIST_INPUT_"
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
 S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 DESTINATION_MOUNT = "/destination"
+# File inputs from cluster storage (docs/training.md): the names of the inputs whose values (or list items)
+# are s3:// or pvc:// references, as a JSON array; each pvc:// input's claim mounted read-only at
+# <INPUTS_MOUNT>/<claim> (the destination's claim is read where it is mounted); and, when the Training
+# names spec.inputSecretRef, the s3:// inputs' settings under the AWS SDK's names behind this prefix.
+STORAGE_INPUTS_ENV = "COGTRAIN_STORAGE_INPUTS"
+INPUTS_MOUNT = "/inputs"
+SOURCE_ENV_PREFIX = "COGTRAIN_SOURCE_"
+# Where the driver serves those files to the model server, on the Pod's loopback: /inputs/<token>/<name>.
+INPUT_FILES_PATH = "/inputs/"
 SCRATCH_MOUNT = "/scratch"
 TERMINATION_LOG = "/dev/termination-log"
 # What a condition's message and status.error may hold (the CRD allows 32768 characters): longer
@@ -39,6 +50,79 @@ TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 8192
 # The kubelet keeps at most this many bytes of a termination message (and only the tail of more).
 TERMINATION_LIMIT = 4096
+
+
+S3_KEY_BYTES = 1024
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CLAIM = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+STORAGE_SCHEMES = ("s3://", "pvc://")
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A file input's value that names a file in cluster storage: an S3 object or a file on a PVC."""
+
+    scheme: Literal["s3", "pvc"]
+    root: str  # the bucket or the claim
+    path: str  # the object's key or the file's path in the claim: "/"-separated, relative, no . or ..
+
+    @property
+    def parts(self) -> list[str]:
+        return self.path.split("/")
+
+    @property
+    def basename(self) -> str:
+        return self.parts[-1]
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.root}/{self.path}"
+
+
+def is_storage_ref(value: Any) -> bool:
+    """Whether a value is meant as an s3:// or pvc:// reference (well-formed or not)."""
+    return isinstance(value, str) and value.startswith(STORAGE_SCHEMES)
+
+
+def parse_storage_ref(value: str) -> StorageRef:
+    """An s3://BUCKET/KEY or pvc://CLAIM/PATH reference; ValueError saying what is wrong with it.
+
+    Strict where the driver or an access rule would otherwise have to guess: no `.` or `..` segment
+    (a traversal out of a claim's folder or out of a namespace's key prefix), no empty segment (an
+    absolute path inside a claim), no trailing `/` (a folder, not a file), no control characters.
+    """
+    scheme: Literal["s3", "pvc"] | None = (
+        "s3" if value.startswith("s3://") else "pvc" if value.startswith("pvc://") else None
+    )
+    if scheme is None:
+        raise ValueError("is not an s3:// or pvc:// reference")
+    form = "s3://BUCKET/KEY" if scheme == "s3" else "pvc://CLAIM/PATH"
+    root, _, path = value[len(scheme) + 3 :].partition("/")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"contains a control character; write {form}")
+    if scheme == "s3" and not _BUCKET.fullmatch(root):
+        raise ValueError(f"names no valid bucket (3-63 lowercase letters, digits, dots and hyphens); write {form}")
+    if scheme == "pvc" and not (len(root) <= 253 and _CLAIM.fullmatch(root)):
+        raise ValueError("names no valid claim (a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.', "
+                         f"at most 253 characters, starting and ending with a letter or digit); write {form}")
+    what = "object key" if scheme == "s3" else "path in the claim"
+    if not path:
+        raise ValueError(f"names no {'object' if scheme == 's3' else 'file'}: it has no {what}; write {form}")
+    parts = path.split("/")
+    if "" in parts[:-1]:
+        raise ValueError(f"has an empty segment (//) in its {what}; the {what} is relative, without empty segments")
+    if not parts[-1]:
+        raise ValueError(f"ends with /: it names a folder; name one file ({form})")
+    if any(part in (".", "..") for part in parts):
+        raise ValueError(f"has a . or .. segment in its {what}; these are not allowed")
+    if scheme == "s3" and len(path.encode()) > S3_KEY_BYTES:
+        raise ValueError(f"has an object key longer than {S3_KEY_BYTES} bytes")
+    return StorageRef(scheme, root, path)
+
+
+def storage_refs(value: Any) -> list[str]:
+    """The strings of an input's value that are meant as references: the value, or a list's items."""
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if is_storage_ref(item)]
 
 
 def env_value(value: Any) -> str:

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import struct
@@ -30,14 +31,24 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
-from .contract import INPUT_ENV_PREFIX, SECRET_ENV_PREFIX, SECRET_LIST_ENV_PREFIX, DriverReport, Reason
-from .destinations import Destination, DriverError, safe_name
+from .contract import (
+    INPUT_ENV_PREFIX,
+    INPUT_FILES_PATH,
+    SECRET_ENV_PREFIX,
+    SECRET_LIST_ENV_PREFIX,
+    STORAGE_INPUTS_ENV,
+    DriverReport,
+    Reason,
+    is_storage_ref,
+    parse_storage_ref,
+)
+from .destinations import Destination, DriverError, InputFiles, InputSource, safe_name
 from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
 from .progress import MARKER, Tracker, escape, log_tail
 
@@ -662,6 +673,7 @@ class Receiver(Inbox):
         super().__init__(scratch, log, notices, redactor)
         host, _, port = listen.rpartition(":")
         receiver = self
+        self.files: dict[str, InputSource] = {}  # file inputs served to the model server, by unguessable token
 
         class Handler(BaseHTTPRequestHandler):
             timeout = idle_timeout  # a request that stalls mid-body gives up its connection (and the webhook lock)
@@ -685,6 +697,14 @@ class Receiver(Inbox):
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802  (a file input from cluster storage, streamed to the model server)
+                token = self.path.split("?", 1)[0][len(INPUT_FILES_PATH):].split("/", 1)[0]
+                source = receiver.files.get(token) if self.path.startswith(INPUT_FILES_PATH) else None
+                if source is None:
+                    self.send_error(404)
+                    return
+                receiver.send_file(self, source)
 
             def do_PUT(self) -> None:  # noqa: N802  (an output file: streamed to disk, never held whole)
                 # splice needs a blocking socket (Python's timeout makes it non-blocking: EAGAIN); the
@@ -734,6 +754,49 @@ class Receiver(Inbox):
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def serve(self, source: InputSource, name: str) -> str:
+        """The URL the model server fetches a file input from: this receiver, under a token no one can guess
+        (only registered files are served: no path or key is taken from a request), ending in the file's own
+        name, percent-encoded, which Cog 0.23 decodes and keeps (its file is `tmp<random><name>`: the
+        extension survives)."""
+        token = secrets.token_urlsafe(18)
+        self.files[token] = source
+        return f"{self.url}{INPUT_FILES_PATH}{token}/{urllib.parse.quote(name, safe='')}"
+
+    def send_file(self, handler: BaseHTTPRequestHandler, source: InputSource) -> None:
+        """Stream a file input to the model server: 1 MiB at a time (a file on a claim through sendfile), so
+        the driver's memory does not grow with it; a model server that stops reading for the handler's
+        timeout ends the transfer. The file is opened anew for each request."""
+        started, sent = time.monotonic(), 0
+        try:
+            stream, size = source.open()
+        except DriverError as error:
+            self.notice(f"could not serve the file input {source.uri}: {error.message}")
+            with contextlib.suppress(OSError):
+                handler.send_error(502, "the file input cannot be read")
+            return
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/octet-stream")
+            handler.send_header("Content-Length", str(size))
+            handler.end_headers()
+            if hasattr(stream, "fileno"):
+                sent = handler.connection.sendfile(cast(BinaryIO, stream), 0, size)
+            else:
+                while sent < size and (chunk := stream.read(min(_CHUNK, size - sent))):
+                    handler.wfile.write(chunk)
+                    sent += len(chunk)
+            if sent != size:
+                raise ConnectionError(f"the file ended after {sent} of {size} bytes (it changed while it was read)")
+        except OSError as error:
+            handler.close_connection = True
+            self.notice(f"serving the file input {source.uri} to the model server failed after {sent} bytes: {error}")
+            return
+        finally:
+            stream.close()
+        seconds = time.monotonic() - started
+        self.notice(f"served {source.uri}: {size} bytes in {seconds:.2f} s")
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -899,6 +962,10 @@ class Driver:
     lost_grace: float = 30.0
     # Values never to print or report (replaced by ***); None: the Secret input variables (secrets_from_env).
     secrets: Iterable[str] | None = None
+    # The file inputs whose values (or list items) name s3:// or pvc:// files (STORAGE_INPUTS_ENV), and where
+    # those are read: the driver serves them to the model server on loopback.
+    storage_inputs: Collection[str] = ()
+    input_files: InputFiles | None = None
     # `cogtrain drive`: progress records between the log's lines on `log`, and the whole log kept and stored as
     # logs.txt at the destination at the end (its URI and tail then in `logs_uri`, `log_tail`).
     records: bool = False
@@ -934,8 +1001,9 @@ class Driver:
         try:
             self.destination.check()
             writable = True
+            inputs = self._serve_inputs(receiver)
             self._wait_ready(receiver)
-            self._submit(receiver.url)
+            self._submit(receiver.url, inputs)
             self._await(receiver)
             state = receiver.state
             self.metrics = dict(state.metrics)
@@ -991,9 +1059,38 @@ class Driver:
 
         wait_ready(self.model_url, self.setup_timeout, receiver.log, self.progress, canceled)
 
-    def _submit(self, receiver_url: str) -> None:
+    def _serve_inputs(self, receiver: Receiver) -> dict[str, Any]:
+        """The inputs with each s3:// or pvc:// file replaced by the receiver's URL for it, each checked
+        readable first: a missing object or file fails the training at once, naming the input, before
+        any GPU time is spent waiting for the model."""
+        inputs = dict(self.inputs)
+        for name in self.storage_inputs:
+            value = inputs.get(name)
+            if isinstance(value, list):
+                inputs[name] = [self._serve(f"input.{name}[{i}]", item, receiver) for i, item in enumerate(value)]
+            elif value is not None:
+                inputs[name] = self._serve(f"input.{name}", value, receiver)
+        return inputs
+
+    def _serve(self, where: str, value: Any, receiver: Receiver) -> Any:
+        if not is_storage_ref(value):
+            return value
+        try:
+            ref = parse_storage_ref(value)
+        except ValueError as error:
+            raise DriverError(Reason.INPUT_REJECTED, f"{where}: {str(value)[:200]} {error}") from None
+        if self.input_files is None:
+            raise DriverError(Reason.INPUT_REJECTED, f"{where}: {ref} cannot be read here (no cluster storage)")
+        source = self.input_files.source(ref)
+        try:
+            source.check()
+        except DriverError as error:
+            raise DriverError(Reason.INPUT_REJECTED, f"{where}: {error.message}") from None
+        return receiver.serve(source, ref.basename)
+
+    def _submit(self, receiver_url: str, inputs: dict[str, Any]) -> None:
         body: dict[str, Any] = {
-            "input": self.inputs,
+            "input": inputs,
             "webhook": f"{receiver_url}/webhook",
             "webhook_events_filter": ["start", "output", "logs", "completed"],
         }
@@ -1190,6 +1287,17 @@ def termination_message(
         report = DriverReport(status="succeeded", message="the output is too large for the termination message "
                               "and there is no destination to store it")
     return report.encode()
+
+
+def storage_inputs_from_env(environ: Mapping[str, str]) -> list[str]:
+    """The names of the file inputs that name s3:// or pvc:// files (contract.STORAGE_INPUTS_ENV)."""
+    try:
+        names = json.loads(environ.get(STORAGE_INPUTS_ENV) or "[]")
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise DriverError(Reason.DRIVER_FAILED, f"{STORAGE_INPUTS_ENV} is not a JSON array of input names")
+    return names
 
 
 def inputs_from_env(environ: Mapping[str, str]) -> dict[str, Any]:

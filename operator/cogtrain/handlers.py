@@ -328,7 +328,8 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, r
     if absent is not None:
         _wait(runtime, body, patch, retry, *absent)
 
-    manifest = build_job(training, model.pinned, checked.input, runtime.settings, checked.secret_list_names)
+    manifest = build_job(training, model.pinned, checked.input, runtime.settings, checked.secret_list_names,
+                         checked.storage_input_names)
     try:
         runtime.batch.create_namespaced_job(
             namespace, cast(client.V1Job, manifest), _request_timeout=runtime.request_timeout

@@ -10,6 +10,7 @@ The Pod ends when the driver ends, and the driver's exit code decides its phase.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Collection
@@ -21,6 +22,7 @@ from .contract import (
     DRIVER_CONTAINER,
     DRIVER_PORT,
     INPUT_ENV_PREFIX,
+    INPUTS_MOUNT,
     LOOPBACK,
     MODEL_CONTAINER,
     MODEL_PORT,
@@ -29,9 +31,13 @@ from .contract import (
     SCRATCH_MOUNT,
     SECRET_ENV_PREFIX,
     SECRET_LIST_ENV_PREFIX,
+    SOURCE_ENV_PREFIX,
+    STORAGE_INPUTS_ENV,
     TERMINATION_LOG,
     ExitCode,
     env_value,
+    parse_storage_ref,
+    storage_refs,
 )
 from .settings import Settings
 
@@ -112,6 +118,54 @@ def _destination_volume(destination: str) -> tuple[dict[str, Any], dict[str, Any
     )
 
 
+def _claim(uri: str) -> str | None:
+    return uri[len("pvc://"):].split("/", 1)[0] if uri.startswith("pvc://") else None
+
+
+def _input_claims(inputs: dict[str, Any], storage_inputs: Collection[str], destination: str) -> list[str]:
+    """The claims pvc:// file inputs read, each once, sorted; the destination's claim is already mounted."""
+    claims: set[str] = set()
+    for name in storage_inputs:
+        for value in storage_refs(inputs.get(name)):
+            with contextlib.suppress(ValueError):  # validated before: a malformed one mounts nothing
+                ref = parse_storage_ref(value)
+                if ref.scheme == "pvc":
+                    claims.add(ref.root)
+    claims.discard(_claim(destination) or "")
+    return sorted(claims)
+
+
+def _input_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each claim read-only, twice over (the volume and the mount): the driver only reads inputs, and a
+    claim shared with other workloads must not be changed by a training. Volume names are numbered,
+    since a claim's name (up to 253 characters, with dots) is not a valid volume name."""
+    volumes = [
+        {"name": f"input-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for index, claim in enumerate(claims)
+    ]
+    mounts = [
+        {"name": f"input-{index}", "mountPath": f"{INPUTS_MOUNT}/{claim}", "readOnly": True}
+        for index, claim in enumerate(claims)
+    ]
+    return volumes, mounts
+
+
+def _storage_env(storage_inputs: Collection[str], reader_secret: str | None) -> list[dict[str, Any]]:
+    """Which inputs name files in cluster storage, and the Secret that reads s3:// ones, by reference."""
+    if not storage_inputs:
+        return []
+    env: list[dict[str, Any]] = [{"name": STORAGE_INPUTS_ENV, "value": env_value(sorted(storage_inputs))}]
+    if reader_secret:
+        env += [
+            {
+                "name": f"{SOURCE_ENV_PREFIX}{key}",
+                "valueFrom": {"secretKeyRef": {"name": reader_secret, "key": key, "optional": key not in S3_REQUIRED}},
+            }
+            for key in S3_ENV
+        ]
+    return env
+
+
 def _model_resources(training: Training, settings: Settings) -> dict[str, Any]:
     resources = training.spec.resources
     # Quantities as strings, their canonical JSON form (and what the typed client requires).
@@ -136,10 +190,12 @@ def build_job(
     inputs: dict[str, Any],
     settings: Settings,
     secret_lists: Collection[str] = (),
+    storage_inputs: Collection[str] = (),
 ) -> dict[str, Any]:
     """The Job manifest for a validated Training; `image` is the model pinned to its digest.
 
     `secret_lists`: the Secret inputs that take a list of strings (checks.Checked.secret_list_names).
+    `storage_inputs`: the file inputs naming s3:// or pvc:// files (checks.Checked.storage_input_names).
     """
     spec = training.spec
     meta = training.metadata
@@ -165,6 +221,9 @@ def build_job(
     if pvc is not None:
         volumes.append(pvc[0])
         driver_mounts.append(pvc[1])
+    input_volumes, input_mounts = _input_volumes(_input_claims(inputs, storage_inputs, destination))
+    volumes += input_volumes
+    driver_mounts += input_mounts
 
     model = {
         "name": MODEL_CONTAINER,
@@ -202,11 +261,14 @@ def build_job(
             f"--namespace={meta.namespace or ''}",
             f"--name={meta.name or ''}",
             f"--setup-timeout={settings.setup_timeout_seconds}",
+            # Only with file inputs from cluster storage: a Training without them runs with an older driver too.
+            *([f"--inputs-root={INPUTS_MOUNT}"] if storage_inputs else []),
         ],
         # The root filesystem is read-only: temporary files (e.g. an oversized output.json) go to scratch.
         "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}]
         + _input_env(inputs, secret_inputs, secret_lists)
-        + _destination_env(destination, destination_secret),
+        + _destination_env(destination, destination_secret)
+        + _storage_env(storage_inputs, spec.input_secret_ref.name if spec.input_secret_ref else None),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",

@@ -124,8 +124,9 @@ class ValueType:
         if self.type == "array":
             inner = self.items.describe_plural() if self.items else "values"
             return f"a list of {inner}"
+        uri = "a URI string (an https:// or data: URL, s3://BUCKET/KEY, pvc://CLAIM/PATH, or a path)"
         return {
-            "string": "a URI string (an https:// or data: URL, or a path)" if self.is_file else "a string",
+            "string": uri if self.is_file else "a string",
             "integer": "an integer",
             "number": "a number",
             "boolean": "true or false",

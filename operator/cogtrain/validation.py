@@ -25,7 +25,7 @@ from typing import Any
 
 import pydantic
 
-from .contract import INPUT_ENV_PREFIX, env_value
+from .contract import INPUT_ENV_PREFIX, env_value, is_storage_ref, parse_storage_ref, storage_refs
 from .schema import TrainingSchema, ValueType, compile_pattern, json_key
 
 MAX_DEPTH = 100
@@ -178,6 +178,9 @@ class ValidationResult:
     secret_names: list[str] = field(default_factory=list)
     secret_list_names: list[str] = field(default_factory=list)
     """The `list[Secret]` inputs among `secret_names`: their Secret holds a JSON array of strings."""
+    storage_input_names: list[str] = field(default_factory=list)
+    """The file inputs whose value (or a list item) is an s3:// or pvc:// reference, which the training
+    Pod's driver reads and serves to the model (docs/training.md); other inputs' values go as they are."""
 
     @property
     def ok(self) -> bool:
@@ -449,6 +452,11 @@ def _check_string(value: str, expected: ValueType, where: str, sink: _Sink) -> N
     if _unpaired_surrogate(value):
         sink.add(where, f"the text {_SURROGATE}")
         return
+    if expected.is_file and is_storage_ref(value):  # a file from cluster storage; any other input keeps the text
+        try:
+            parse_storage_ref(value)
+        except ValueError as error:
+            sink.add(where, f"{show(value)} {error}")
     length = len(value)
 
     def allowed() -> str:
@@ -610,6 +618,7 @@ def validate_input(
     warnings = _Sink(what="warnings")
     problems = _Sink(warnings=warnings)
     sent: dict[str, Any] = {}
+    storage: list[str] = []
     plain = _Names([n for n, s in schema.inputs.items() if not s.secret], "inputs")
     secrets = _Names(schema.secret_names, "Secret inputs")
 
@@ -650,6 +659,8 @@ def validate_input(
             ))
         if problems.found == before:
             sent[name] = normalized
+            if _takes_files(spec.value) and storage_refs(normalized):
+                storage.append(name)
 
     given_secrets = []
     for name in secret_names:
@@ -687,4 +698,10 @@ def validate_input(
         warnings=warnings.listed(),
         secret_names=given_secrets,
         secret_list_names=[name for name in given_secrets if schema.inputs[name].secret_list],
+        storage_input_names=storage if not problems.found else [],
     )
+
+
+def _takes_files(expected: ValueType) -> bool:
+    """A file input, or a list of them: where s3:// and pvc:// values name files in cluster storage."""
+    return expected.is_file or (expected.type == "array" and expected.items is not None and expected.items.is_file)

@@ -10,9 +10,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..contract import DESTINATION_MOUNT, DRIVER_PORT, LOOPBACK, MODEL_PORT, SCRATCH_MOUNT, TERMINATION_LOG, Reason
-from ..destinations import Destination, DriverError, destination_for
-from ..driver import Driver, inputs_from_env, termination_message
+from ..contract import (
+    DESTINATION_MOUNT,
+    DRIVER_PORT,
+    INPUTS_MOUNT,
+    LOOPBACK,
+    MODEL_PORT,
+    SCRATCH_MOUNT,
+    TERMINATION_LOG,
+    Reason,
+)
+from ..destinations import Destination, DriverError, InputFiles, destination_for
+from ..driver import Driver, inputs_from_env, storage_inputs_from_env, termination_message
 from . import EXIT_OK
 
 DESCRIPTION = "Drive the model's Cog server through one training; inputs come from COGTRAIN_INPUT_* variables."
@@ -28,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--destination", required=True, help="pvc://CLAIM/PATH (mounted at --destination-root) or s3://BUCKET/PREFIX"
     )
     parser.add_argument("--destination-root", type=Path, default=Path(DESTINATION_MOUNT))
+    parser.add_argument("--inputs-root", type=Path, default=Path(INPUTS_MOUNT),
+                        help="where the claims of pvc:// inputs are mounted, each at <root>/<claim>")
     parser.add_argument("--scratch", type=Path, default=Path(SCRATCH_MOUNT))
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--name", required=True)
@@ -65,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             model_url=args.model_url,
             training_id=args.training_id,
             inputs=inputs_from_env(dict(os.environ)),
+            storage_inputs=storage_inputs_from_env(os.environ),
+            input_files=InputFiles(args.destination, args.destination_root, args.inputs_root),
             destination=destination,
             scratch=args.scratch,
             listen=args.listen,
