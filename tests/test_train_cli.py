@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -494,6 +495,29 @@ def test_ctrl_c(operator: RunningOperator, cluster: Cluster, registries: Registr
     assert said in printed
     assert bool(cluster.training("stop")["spec"].get("cancel")) is canceled
     assert cluster.status("stop")["phase"] == ("Canceled" if canceled else "Running")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("answer", "code", "canceled"), [("y\n", 1, True), ("n\n", 130, False)])
+def test_ctrl_c_on_a_terminal_asks(operator: RunningOperator, cluster: Cluster, registries: Registries,
+                                   tmp_path: Path, answer: str, code: int, canceled: bool) -> None:
+    terminal, stdin = pty.openpty()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    process = subprocess.Popen([sys.executable, "-m", "cogtrain.cli", "train", model(registries), "-n",
+                                cluster.namespace, "--name", "ask", "-i", "train_data=https://x/d.zip", "--wait"],
+                               env=environment(cluster.kube), text=True, stdin=stdin, stdout=out.open("w"),
+                               stderr=err.open("w"))
+    os.close(stdin)
+    cluster.run_pod(cluster.start_pod(cluster.job("ask")))
+    cluster.wait_phase("ask", "Running")
+    wait_for(lambda: "created in namespace" in err.read_text(), what="the CLI to wait")
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    wait_for(lambda: "cancel Training ask? [y/N]" in err.read_text(), what="the question")
+    os.write(terminal, answer.encode())
+    assert finish(process, out, err, timeout=30)[0] == code
+    os.close(terminal)
+    assert bool(cluster.training("ask")["spec"].get("cancel")) is canceled
 
 
 @pytest.mark.integration

@@ -279,7 +279,10 @@ def _see_to_the_end(kube: Kube, name: str, follow: bool, cancel_on_interrupt: bo
                 return status
             time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
-            if canceled or not (cancel_on_interrupt or _ask(name)):
+            if canceled:
+                print(f"\nstopped waiting; Training {name} is being canceled (`cogtrain get {name}`)", file=sys.stderr)
+                return None
+            if not (cancel_on_interrupt or _ask(name)):
                 print(f"\nleft Training {name} running: `cogtrain get {name}`, `cogtrain logs -f {name}`, "
                       f"`cogtrain cancel {name}`", file=sys.stderr)
                 return None
@@ -294,9 +297,11 @@ def _ask(name: str) -> bool:
         print(f"\nstdin is not a terminal, so not asking whether to cancel Training {name} "
               "(pass --cancel-on-interrupt to cancel on Ctrl-C)", file=sys.stderr)
         return False
+    sys.stderr.write(f"\ncancel Training {name}? [y/N] ")  # stderr: stdout may be a file of the log
+    sys.stderr.flush()
     try:
-        answer = input(f"\ncancel Training {name}? [y/N] ")
-    except (EOFError, KeyboardInterrupt):
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
         return False
     return answer.strip().lower() in ("y", "yes")
 
