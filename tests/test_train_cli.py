@@ -578,3 +578,18 @@ def test_get_list_logs_and_cancel(operator: RunningOperator, cluster: Cluster, r
     cluster.wait_phase("a", "Canceled")
     again = cogtrain(env, "cancel", "a", *ns)
     assert (again.returncode, again.stderr) == (0, "Training a already ended (Canceled); nothing to cancel\n")
+
+
+@pytest.mark.integration
+def test_a_taken_name_is_refused_before_anything_is_uploaded(kube: KubeAPI, cluster: Cluster, registries: Registries,
+                                                             s3: S3Server, tmp_path: Path) -> None:
+    cluster.create_training("dup", {"model": model(registries, "all-inputs")})
+    data = tmp_path / "d.zip"
+    data.write_bytes(b"zip")
+    prefix = f"dup-{uuid.uuid4().hex[:6]}"
+    done = cogtrain(environment(kube, s3), "train", model(registries, "all-inputs"), "-n", cluster.namespace,
+                    "--name", "dup", "-i", f"train_data=@{data}", "-i", "caption_prefix=a",
+                    "--destination", f"s3://{BUCKET}/{prefix}/")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"cogtrain train: a Training named dup already exists in namespace {cluster.namespace}")
+    assert objects(s3, prefix) == []
