@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import celpy
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from cogtrain import api
 from cogtrain.commands.crd import render_crd
 from cogtrain.crd import training_crd
+from support.crd_schema import crd_schema, training_validator
 from support.k8s_versions import K8S_VERSIONS
 from support.paths import EXAMPLES, ROOT
 
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.unit
 CRD_FILE = ROOT / "crds" / "cog.run_trainings.yaml"
 FORBIDDEN_IN_STRUCTURAL = {"$ref", "$defs", "definitions", "dependencies", "patternProperties", "uniqueItems",
                            "title", "const", "oneOf"}
-
-
-def crd_schema() -> dict[str, Any]:
-    return training_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
 def test_checked_in_crd_matches_the_models() -> None:
@@ -210,30 +206,8 @@ def test_mutable_fields_are_exactly_cancel_and_suspend() -> None:
 # --- examples against the CRD's own schema -------------------------------------------------
 
 
-def strict_jsonschema(node: Any) -> Any:
-    """The CRD schema as plain JSON Schema, refusing unknown fields as `kubectl apply` does."""
-    if isinstance(node, list):
-        return [strict_jsonschema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: strict_jsonschema(value) for key, value in node.items() if key != "x-kubernetes-validations"}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    if out.get("nullable"):
-        out.pop("nullable")
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-    return out
-
-
 def example_trainings() -> list[Path]:
     return sorted(EXAMPLES.glob("**/training.yaml"))
-
-
-def training_validator() -> jsonschema.Validator:
-    schema = strict_jsonschema(crd_schema())
-    schema["properties"]["metadata"] = {"type": "object"}
-    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
 
 
 def test_there_are_examples() -> None:

@@ -1,8 +1,9 @@
 """`cogtrain`: the command line of cog-training-operator.
 
-Exit codes: 0 success, 1 the inputs (or the Training) have problems, 2 unusable arguments or
-unreadable files. Errors are one clear line each, never a traceback. Each command lives in its
-own module under `commands/`, imported only when that command runs.
+Exit codes: 0 success, 1 the inputs (or the Training) have problems or the training failed, 2 unusable
+arguments or unreadable files, 3 the cluster or S3 could not be used, 130 interrupted (the training left
+running). Errors are one clear line each, never a traceback. Each command lives in its own module under
+`commands/`, imported only when that command runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from . import __version__
-from .commands import EXIT_OK, EXIT_USAGE, UsageError
+from .commands import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UnavailableError, UsageError
 
 COMMANDS = {
     "validate": "check training inputs against a model's training schema",
@@ -24,6 +25,11 @@ COMMANDS = {
     "drive": "run one training against a Cog server (the training Pod's driver container)",
     "operator": "run the operator (in a cluster, or against your kubeconfig)",
     "crd": "print the Training CustomResourceDefinition",
+    "train": "create a Training on the cluster of your kubeconfig, like `cog train` (wait, follow, download)",
+    "get": "show one Training (phase, progress, weights, error)",
+    "list": "list Trainings as a table, like `kubectl get trainings`",
+    "logs": "print a Training's log (the driver container's), or where it is stored",
+    "cancel": "cancel a Training (sets spec.cancel: true)",
 }
 
 
@@ -49,6 +55,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def plugin_main() -> int:
+    """`kubectl cogtrain ...`: kubectl runs `kubectl-cogtrain` from the PATH with the rest of the line."""
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in arguments if not a.startswith("-")), None)
@@ -60,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, *getattr(module, "USAGE_ERRORS", ())) as error:
         print(f"cogtrain {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except UnavailableError as error:
+        print(f"cogtrain {args.command}: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except BrokenPipeError:
         return EXIT_OK
 

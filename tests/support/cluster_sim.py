@@ -158,6 +158,12 @@ class Cluster:
         self.set_job_status(job, {"active": 1, "startTime": "2026-11-27T10:00:00Z"})
         return name
 
+    def write_log(self, pod: str, text: str, container: str = "driver") -> None:
+        """The container prints `text` (served as pods/log)."""
+        logs = self.kube.emulator.pod_logs
+        key = (self.namespace, pod, container)
+        logs[key] = logs.get(key, "") + text
+
     def set_pod_status(self, pod: str, status: dict[str, Any]) -> None:
         self.kube.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status})
 

@@ -6,8 +6,8 @@ server, request parsing, API discovery and Kubernetes-shaped errors; this module
 and the API behaviour the operator relies on, which kmock 0.8's own emulator lacks: uid,
 resourceVersion, generation, creationTimestamp, namespace and generateName stamping; the status
 subresource split; merge and JSON patches; label and field selectors; watches from a
-resourceVersion (with 410 Gone when it is too old); garbage collection of owned objects; and
-fault injection (HTTP errors, delays) for resilience tests. The code under test uses the
+resourceVersion (with 410 Gone when it is too old); garbage collection of owned objects; pods/log
+(what a test wrote as a container's log, followed until the container ends); and fault injection (HTTP errors, delays) for resilience tests. The code under test uses the
 ordinary `kubernetes` client and kopf, unaware that it talks to a test server.
 """
 
@@ -163,6 +163,8 @@ class ClusterEmulator(Scaffold):
     # Answers SubjectAccessReviews: called with the review's spec; tests replace it to deny. A real
     # API server decides by RBAC; the emulator allows everything unless told otherwise.
     authorize: Any = attrs.field(default=lambda spec: True)
+    # What each container has printed, by (namespace, pod, container): served as pods/log; tests append to it.
+    pod_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict)
 
     async def serve_directly(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
         """Serve resource requests here directly; discovery and the rest go through kmock's reactions.
@@ -182,6 +184,8 @@ class ClusterEmulator(Scaffold):
             return None
         if request.action == kmock.action.WATCH:
             return await self._stream(request)
+        if request.subresource == "log" and request.action == kmock.action.FETCH:
+            return await self._serve_log(request)
         status = 201 if request.action == kmock.action.CREATE else 200
         return aiohttp.web.json_response(await verbs[request.action](request), status=status)
 
@@ -192,6 +196,45 @@ class ClusterEmulator(Scaffold):
             async for event in self._serve_watch(request):
                 if isinstance(event, dict):
                     await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            return response
+        await response.write_eof()
+        return response
+
+    async def _serve_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """pods/log as the kubelet relays it: `pod_logs` so far (tailLines, limitBytes), and with follow=true what
+        is appended to it until the container ends or the Pod goes."""
+        await self._gate(request)
+        key = self._key(request)
+        pod = self.store.get(key)
+        if pod is None:
+            raise KubernetesObjectNotFoundError()
+        container = request.params.get("container") or pod["spec"]["containers"][0]["name"]
+        log_key = (key[2] or "", key[3], container)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw_request(request))
+        if str(request.params.get("follow", "")).lower() not in ("1", "true"):
+            text = self.pod_logs.get(log_key, "")
+            if request.params.get("tailLines"):
+                text = "".join(text.splitlines(keepends=True)[-int(request.params["tailLines"]):])
+            data = text.encode()[: int(request.params.get("limitBytes") or 1 << 62)]
+            await response.write(data)
+            await response.write_eof()
+            return response
+        sent = 0
+        try:
+            while True:
+                current = self.store.get(key)
+                statuses = ((current or {}).get("status") or {}).get("containerStatuses") or []
+                ended = current is None or any(
+                    s.get("name") == container and "terminated" in (s.get("state") or {}) for s in statuses)
+                text = self.pod_logs.get(log_key, "")
+                if len(text) > sent:
+                    await response.write(text[sent:].encode())
+                    sent = len(text)
+                if ended:
+                    break
+                await asyncio.sleep(0.05)
         except (ConnectionResetError, asyncio.CancelledError):
             return response
         await response.write_eof()
