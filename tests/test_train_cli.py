@@ -152,21 +152,21 @@ def test_a_training_needs_a_model_and_a_kubernetes_name(name: str, model_: str |
 
 @pytest.mark.unit
 @pytest.mark.parametrize(("destination", "paths", "keys"), [
-    ("s3://b/p/", ["/a/photos.zip"], {"/a/photos.zip": ("b", "p/inputs/t/photos.zip")}),
-    ("s3://b", ["/a/x.tar.gz", "/c/x.tar.gz"], {"/a/x.tar.gz": ("b", "inputs/t/x.tar.gz"),
-                                                 "/c/x.tar.gz": ("b", "inputs/t/x-2.tar.gz")}),
+    ("s3://b/p/", ["/a/photos.zip"], {"/a/photos.zip": ("b", "p/ns/t/inputs/photos.zip")}),
+    ("s3://b", ["/a/x.tar.gz", "/c/x.tar.gz"], {"/a/x.tar.gz": ("b", "ns/t/inputs/x.tar.gz"),
+                                                 "/c/x.tar.gz": ("b", "ns/t/inputs/x-2.tar.gz")}),
     (None, [], {}),
 ])
-def test_local_files_go_under_inputs_of_the_training(destination: str | None, paths: list[str],
+def test_local_files_go_beside_the_weights_under_inputs(destination: str | None, paths: list[str],
                                                      keys: dict[str, tuple[str, str]]) -> None:
-    assert upload_keys(destination, "t", paths) == keys
+    assert upload_keys(destination, "ns", "t", paths) == keys
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("destination", [None, "pvc://claim/x"])
 def test_a_local_file_needs_an_s3_destination(destination: str | None) -> None:
     with pytest.raises(ArgumentError, match="needs an s3:// destination"):
-        upload_keys(destination, "t", ["/a/b"])
+        upload_keys(destination, "ns", "t", ["/a/b"])
 
 
 @pytest.mark.unit
@@ -260,7 +260,7 @@ def test_kubectl_cogtrain_is_installed_as_a_plugin_entry_point(monkeypatch: pyte
 
 @pytest.fixture()
 def runtime(kube: KubeAPI) -> Runtime:
-    return Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination="s3://weights/",
+    return Runtime(settings=Settings(driver_image="example.com/cogtrain:test", default_destination=f"s3://{BUCKET}/",
                                      progress_interval_seconds=1),
                    api_client=kube.api_client, resolver=SchemaResolver(RegistryClient(timeout=2)))
 
@@ -406,13 +406,13 @@ def test_dry_run_prints_a_training_the_crd_accepts_and_contacts_no_cluster(regis
     assert done.returncode == 0, done.stderr
     body = yaml.safe_load(done.stdout)
     assert [f"{list(e.absolute_path)}: {e.message}" for e in training_validator().iter_errors(body)] == []
-    name = body["metadata"]["name"]
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
     base = yaml.safe_load(manifest.read_text())
     assert name == base["metadata"]["name"]
-    assert body["spec"]["input"] == {**base["spec"]["input"], "train_data": f"s3://bucket/runs/inputs/{name}/data.zip",
+    assert body["spec"]["input"] == {**base["spec"]["input"], "train_data": f"s3://bucket/runs/{ns}/{name}/inputs/data.zip",
                                      "caption_prefix": "a photo of", "steps": 10}
     assert body["spec"]["secretInputs"] == {"hf_token": {"name": "hf", "key": "token"}}
-    assert f"would upload {data} to s3://bucket/runs/inputs/{name}/data.zip" in done.stderr
+    assert f"would upload {data} to s3://bucket/runs/{ns}/{name}/inputs/data.zip" in done.stderr
 
 
 @pytest.mark.integration
@@ -536,7 +536,7 @@ def test_a_300_MiB_file_is_uploaded_streaming_with_a_checksum(kube: KubeAPI, clu
     assert code == 0, said
     name = printed.strip()
     assert re.fullmatch(r"all-inputs-[a-z0-9]{5}", name)
-    key = f"{prefix}/inputs/{name}/big.bin"
+    key = f"{prefix}/{cluster.namespace}/{name}/inputs/big.bin"
     assert cluster.training(name)["spec"]["input"]["train_data"] == f"s3://{BUCKET}/{key}"
     head = s3.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")  # type: ignore[attr-defined]
     assert head["ContentLength"] == 300 * MiB
@@ -593,3 +593,23 @@ def test_a_taken_name_is_refused_before_anything_is_uploaded(kube: KubeAPI, clus
     assert done.returncode == 2
     assert done.stderr.startswith(f"cogtrain train: a Training named dup already exists in namespace {cluster.namespace}")
     assert objects(s3, prefix) == []
+
+
+@pytest.mark.integration
+def test_an_uploaded_file_is_an_input_the_operator_accepts_and_hands_the_driver(
+        operator: RunningOperator, cluster: Cluster, registries: Registries, s3: S3Server, tmp_path: Path) -> None:
+    """The key the CLI picks lies in the namespace's own area of the operator's default destination, the only
+    keys its shared credentials may read (docs/security.md): the Training gets its Job, not InputRejected."""
+    data = tmp_path / "photos.zip"
+    data.write_bytes(b"PK\x05\x06" + bytes(18))
+    done = cogtrain(environment(cluster.kube, s3), "train", model(registries, "all-inputs"), "-n", cluster.namespace,
+                    "--name", "up", "-i", f"train_data=@{data}", "-i", "caption_prefix=a",
+                    "--destination", f"s3://{BUCKET}/")
+    assert done.returncode == 0, done.stderr
+    uri = f"s3://{BUCKET}/{cluster.namespace}/up/inputs/photos.zip"
+    assert cluster.training("up")["spec"]["input"]["train_data"] == uri
+    body = s3.client().get_object(Bucket=BUCKET, Key=f"{cluster.namespace}/up/inputs/photos.zip")  # type: ignore[attr-defined]
+    assert body["Body"].read() == data.read_bytes()
+    job = cluster.job("up")
+    assert uri in json.dumps(job["spec"]["template"]["spec"]), "the driver is told where the input lies"
+    assert cluster.status("up").get("phase") != "Failed", cluster.status("up")

@@ -120,9 +120,11 @@ def parse_secret_inputs(pairs: Iterable[str]) -> dict[str, dict[str, str]]:
     return found
 
 
-def upload_keys(destination: str | None, training: str, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """Where each local file goes: (bucket, key) under `<destination>/inputs/<training>/<file name>`; a file name
-    that repeats gets `-2`, `-3` ... before its extension."""
+def upload_keys(destination: str | None, namespace: str, training: str,
+                paths: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Where each local file goes: (bucket, key) under `<destination>/<namespace>/<training>/inputs/<file name>`,
+    beside the weights, inside the namespace's own area (the only keys of the operator's default destination its
+    Trainings may read); a file name that repeats gets `-2`, `-3` ... before its extension."""
     paths = list(paths)
     if not paths:
         return {}
@@ -132,7 +134,7 @@ def upload_keys(destination: str | None, training: str, paths: Iterable[str]) ->
             f"(--destination s3://BUCKET/PREFIX/), not {destination or 'the operator default'}"
         )
     bucket, _, prefix = destination[len("s3://") :].partition("/")
-    base = "/".join([*(p for p in prefix.split("/") if p), "inputs", training])
+    base = "/".join([*(p for p in prefix.split("/") if p), namespace, training, "inputs"])
     taken: set[str] = set()
     keys = {}
     for path in paths:

@@ -154,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         name = explicit or generated_name(model, "xxxxx")
-        keys = upload_keys(destination, name, inputs.files)
+        keys = upload_keys(destination, namespace, name, inputs.files)
         uris = {path: f"s3://{bucket}/{key}" for path, (bucket, key) in keys.items()}
         for path, uri in uris.items():
             print(f"# would upload {path} to {uri}", file=sys.stderr)
@@ -162,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_OK
     # What is wrong with the name, the destination or the body is said before the cluster is asked.
     body_for(explicit or generated_name(model, "xxxxx"), {})
-    upload_keys(destination, "check", inputs.files)
+    upload_keys(destination, namespace, "check", inputs.files)
     kube = connect(args)
     name = _create(kube, explicit, model, destination, inputs.files, body_for)
     print(f"training.{api.GROUP}/{name} created in namespace {kube.namespace}", file=sys.stderr)
@@ -197,7 +197,7 @@ def _create(kube: Kube, explicit: str | None, model: str, destination: str | Non
                 raise UsageError(f"a Training named {name} already exists in namespace {kube.namespace}; "
                                  "pick another --name (or delete it: kubectl delete training " + name + ")")
             continue
-        uris = _upload(destination, name, files)
+        uris = _upload(destination, kube.namespace, name, files)
         try:
             kube.create(body_for(name, uris))
         except AlreadyExists:
@@ -209,10 +209,10 @@ def _create(kube: Kube, explicit: str | None, model: str, destination: str | Non
     raise UnavailableError(f"no free Training name after {NAME_ATTEMPTS} tries; pass --name")
 
 
-def _upload(destination: str | None, name: str, files: dict[str, str]) -> dict[str, str]:
+def _upload(destination: str | None, namespace: str, name: str, files: dict[str, str]) -> dict[str, str]:
     from ..uploads import TransferError, s3_client, upload
 
-    keys = upload_keys(destination, name, files)
+    keys = upload_keys(destination, namespace, name, files)
     if not keys:
         return {}
     client = s3_client()
