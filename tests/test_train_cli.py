@@ -45,6 +45,7 @@ from cogtrain.submit import (
 )
 from cogtrain.validation import validate_input
 from support.cluster_sim import Cluster, RunningOperator, wait_for
+from support.control_plane import k8s_binaries
 from support.crd_schema import training_validator
 from support.k8s_server import Fault, KubeAPI
 from support.paths import EXAMPLES
@@ -613,3 +614,19 @@ def test_an_uploaded_file_is_an_input_the_operator_accepts_and_hands_the_driver(
     job = cluster.job("up")
     assert uri in json.dumps(job["spec"]["template"]["spec"]), "the driver is told where the input lies"
     assert cluster.status("up").get("phase") != "Failed", cluster.status("up")
+
+
+@pytest.mark.integration
+def test_kubectl_finds_the_plugin_and_runs_it_against_its_cluster(kube: KubeAPI, cluster: Cluster) -> None:
+    """`kubectl cogtrain list` through the real kubectl (built by scripts/build-k8s): its plugin lookup finds
+    `kubectl-cogtrain` on PATH and hands it the arguments; the table comes from the API server."""
+    cluster.create_training("via-kubectl", {"model": "r/a:1", "input": {}})
+    bin_dir = Path(sys.executable).parent
+    assert os.access(bin_dir / "kubectl-cogtrain", os.X_OK), "pip installs the plugin beside cogtrain"
+    env = {**environment(kube), "PATH": f"{bin_dir}:{k8s_binaries()}:/usr/bin:/bin"}
+    done = subprocess.run(["kubectl", "plugin", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert str(bin_dir / "kubectl-cogtrain") in done.stdout, done.stdout + done.stderr
+    done = subprocess.run(["kubectl", "cogtrain", "list", "-n", cluster.namespace], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["NAME", "via-kubectl"]
