@@ -17,7 +17,7 @@ from support.cluster_sim import Cluster, RunningOperator, wait_for
 from support.k8s_server import Fault, KubeAPI
 from support.k8s_versions import K8S_VERSIONS
 from support.registries import Registries
-from support.trainings import DATA, model, spec
+from support.trainings import DATA, model, spec, succeed
 
 
 @pytest.fixture()
@@ -595,3 +595,20 @@ def test_a_pod_the_api_server_refuses_is_named_in_the_status(
     assert "exceeded quota: gpus" in cluster.condition("quota", "Reconciling")["message"]
     cluster.run_pod(cluster.start_pod(job))  # the quota freed: the Pod comes, and the status moves on
     cluster.wait_phase("quota", "Running")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("edit", [{"cancel": True}, {"suspend": True}])
+def test_an_edit_to_a_finished_training_is_observed_and_changes_nothing(
+        operator: RunningOperator, cluster: Cluster, registries: Registries, edit: dict[str, bool]) -> None:
+    """kstatus (Flux) reads observedGeneration behind generation as in progress, for ever on a finished Training."""
+    cluster.create_training("done", spec(registries))
+    succeed(cluster, "done", {"status": "succeeded", "output": "s3://w/ns/done/weights.bin"})
+    before = cluster.status("done")
+    cluster.patch_training("done", {"spec": edit})
+    generation = cluster.training("done")["metadata"]["generation"]
+    assert generation > before["observedGeneration"]
+    wait_for(lambda: cluster.status("done").get("observedGeneration") == generation, what="the edit to be observed")
+    after = cluster.status("done")
+    assert (after["phase"], after["weights"], after["completionTime"]) == (
+        "Succeeded", before["weights"], before["completionTime"])

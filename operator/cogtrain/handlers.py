@@ -416,9 +416,16 @@ def _adopt(
 # --- cancel and suspend ----------------------------------------------------------------------
 
 
+def _observed(body: kopf.Body, patch: kopf.Patch) -> None:
+    """A finished Training's cancel or suspend, edited, changes nothing, but the edit is seen: kstatus (Flux) reads
+    an observedGeneration behind metadata.generation as still in progress."""
+    patch.status["observedGeneration"] = body.meta.get("generation")
+
+
 def _cancel(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
     status = body.get("status") or {}
     if status.get("phase") in FINISHED:
+        _observed(body, patch)
         return
     name = status.get("jobName") or job_name(api.Training.model_validate(dict(body)))
     _delete_job(runtime, str(body.meta.namespace), name)
@@ -438,12 +445,15 @@ def _not_creation(reason: str | None = None, **_: Any) -> bool:
 
 
 @kopf.on.field(*TRAININGS, field="spec.suspend", when=_not_creation)
-def suspend(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
+def suspend(body: kopf.Body, patch: kopf.Patch, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
     """spec.suspend is passed on to the Job (Kueue suspends and resumes Jobs the same way). On creation
     (`old` None) there is nothing to pass: `build_job` gave the Job the Training's spec.suspend."""
     runtime = _runtime(memo)
     name = (body.get("status") or {}).get("jobName")
-    if old is None or not name or (body.get("status") or {}).get("phase") in FINISHED:
+    if (body.get("status") or {}).get("phase") in FINISHED:
+        _observed(body, patch)
+        return
+    if old is None or not name:
         return
     try:
         runtime.batch.patch_namespaced_job(
