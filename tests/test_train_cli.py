@@ -630,3 +630,22 @@ def test_kubectl_finds_the_plugin_and_runs_it_against_its_cluster(kube: KubeAPI,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["NAME", "via-kubectl"]
+
+
+@pytest.mark.integration
+def test_output_on_a_claim_is_named_not_downloaded(operator: RunningOperator, cluster: Cluster,
+                                                    registries: Registries, tmp_path: Path) -> None:
+    out = tmp_path / "weights"
+    process, stdout, stderr = start(
+        environment(cluster.kube), tmp_path, "train", model(registries), "-n", cluster.namespace, "--name", "onpvc",
+        "-i", "train_data=https://example.com/d.zip", "--destination", "pvc://models/runs", "-o", str(out))
+    job = cluster.job("onpvc")
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    uri = f"pvc://models/runs/{cluster.namespace}/onpvc/weights.bin"
+    cluster.finish_pod(pod, 0, {"status": "succeeded", "output": uri})
+    cluster.complete_job(job)
+    code, _, said = finish(process, stdout, stderr)
+    assert code == 0, said
+    assert f"{uri} is on the PersistentVolumeClaim models at /runs/{cluster.namespace}/onpvc/weights.bin" in said
+    assert not out.exists() or list(out.iterdir()) == [], "nothing is downloaded from a claim"
