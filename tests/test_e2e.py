@@ -14,8 +14,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -836,3 +838,28 @@ def test_a_training_that_succeeds_notifies_a_real_https_receiver_signed(
     assert completed["input"] == {"param": "x"} and completed["completed_at"] == status["completionTime"]
     assert all(SIGNING_SECRET.removeprefix("whsec_") not in d.body.decode() + str(d.headers)
                for d in receiver.received())
+
+
+def test_cogtrain_train_follows_a_training_from_its_manifest_to_its_weights(
+        api: client.ApiClient, cluster: Cluster, images: dict[str, str], new_namespace: Callable[..., str],
+        tmp_path: Path) -> None:
+    """`cogtrain train -f ... --follow -o OUT` as a user runs it against the real API server: validated, created,
+    the driver's log printed as it comes, exit 0 at Succeeded; weights on a claim are named, not downloaded."""
+    namespace = new_namespace(claims=(TRAININGS_CLAIM,))
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    command = [sys.executable, "-m", "cogtrain.cli", "train", images["hello-train"], "-f",
+               str(EXAMPLES / "hello-train" / "training.yaml"), "-n", namespace, "--name", "from-cli",
+               "-i", "param=cli", "--follow", "-o", str(tmp_path / "out")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "received 0.bin: 9 bytes" in done.stdout and "the training succeeded" in done.stdout, done.stdout
+    assert "cogtrain.progress" not in done.stdout, "the driver's records are left out"
+    weights = f"pvc://trainings/hello/{namespace}/from-cli/0.bin"
+    assert f"Training from-cli succeeded; weights: {weights}" in done.stderr
+    assert f"{weights} is on the PersistentVolumeClaim trainings" in done.stderr
+    assert pvc_path(api, namespace, weights).read_bytes() == b"hello cli"
+    bad = subprocess.run([*command[:command.index("-i")], "--name", "never", "-i", "nope=1"], env=env, capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 1 and "nope" in bad.stderr, bad.stderr
+    assert [t["metadata"]["name"] for t in client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "cog.run", "v1alpha1", namespace, "trainings")["items"]] == ["from-cli"], "an invalid one is not created"
