@@ -429,6 +429,30 @@ def test_the_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.unit
+def test_one_namespace_cannot_fill_the_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cogtrain import notifier as module
+
+    monkeypatch.setattr(module, "MAX_OUTBOXES_PER_NAMESPACE", 2)
+    notifier = module.Notifier(Settings(), api_client=None)  # type: ignore[arg-type]
+
+    def offer(namespace: str, index: int, event: str | None = None) -> None:
+        body = training(PENDING)
+        body["metadata"].update(uid=f"{namespace}-{index}", namespace=namespace)
+        notifier.offer(event, body)
+
+    try:
+        for index in range(5):
+            offer("greedy", index)
+        offer("other", 0)
+        assert sorted(outbox_of(notifier)) == ["greedy-0", "greedy-1", "other-0"], "the other tenant still gets in"
+        offer("greedy", 0, "DELETED")
+        offer("greedy", 3)
+        assert sorted(outbox_of(notifier)) == ["greedy-1", "greedy-3", "other-0"], "a freed place is given again"
+    finally:
+        notifier.stop()
+
+
+@pytest.mark.unit
 def test_the_delivery_threads_are_shared_fairly_between_namespaces() -> None:
     from cogtrain import notifier as module
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextvars
 import datetime
@@ -41,6 +42,7 @@ from .settings import Settings
 LOGGER = logging.getLogger("cogtrain.notifier")
 WORKERS = 4  # threads delivering; one Training at a time on each
 MAX_OUTBOXES = 10_000  # Trainings with events waiting; more are offered again by their next watch event
+MAX_OUTBOXES_PER_NAMESPACE = 1_000  # of those, one namespace's: one tenant cannot fill the operator's outbox
 RESPONSE_BYTES = 64 * 1024  # of an answer read, at most (only its status matters)
 SECRET_TTL = 30.0  # seconds a signing secret read is reused
 SECRETS_MAX = 1024  # signing secrets read kept before the expired ones are dropped
@@ -207,6 +209,7 @@ class Notifier:
         self.executor = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="cogtrain-notify")
         self._lock = threading.Lock()
         self._boxes: dict[str, Outbox] = {}
+        self._per_namespace: collections.Counter[str] = collections.Counter()
         self._secrets: dict[tuple[str, str, str], tuple[float, bytes | str]] = {}
         self._busy = 0
         self._served: dict[str, int] = {}  # namespace -> the turn it was last given a thread
@@ -222,7 +225,7 @@ class Notifier:
         with self._lock:
             box = self._boxes.get(uid)
             if event_type == "DELETED":
-                self._boxes.pop(uid, None)
+                self._drop(uid)
                 return
             if box is None and not (body.get("spec") or {}).get("webhook"):
                 return
@@ -230,12 +233,15 @@ class Notifier:
             if box is None:
                 if not due and logs is None:
                     return
-                if len(self._boxes) >= MAX_OUTBOXES:
-                    LOGGER.warning("too many Trainings with webhook events waiting; %s waits for its next event", uid)
-                    return
                 meta = body.get("metadata") or {}
-                box = self._boxes[uid] = Outbox((str(meta.get("namespace")), str(meta.get("name"))), _slim(body),
+                namespace = str(meta.get("namespace"))
+                if len(self._boxes) >= MAX_OUTBOXES or self._per_namespace[namespace] >= MAX_OUTBOXES_PER_NAMESPACE:
+                    LOGGER.warning("too many Trainings with webhook events waiting%s; %s waits for its next event",
+                                   "" if len(self._boxes) >= MAX_OUTBOXES else f" in {namespace}", uid)
+                    return
+                box = self._boxes[uid] = Outbox((namespace, str(meta.get("name"))), _slim(body),
                                                 contextvars.copy_context())
+                self._per_namespace[namespace] += 1
             box.body = _slim(body)
             seen = notify.recorded(body)
             box.done = {event: what for event, what in box.done.items() if event not in seen}
@@ -250,7 +256,14 @@ class Notifier:
         finished = (box.body.get("status") or {}).get("phase") in notify.FINISHED
         # kept while it runs only to remember which log state was sent (a Training asking for `logs`)
         if not box.busy and not box.events and not box.done and (finished or box.refused or box.logs is None):
-            self._boxes.pop(uid, None)
+            self._drop(uid)
+
+    def _drop(self, uid: str) -> None:
+        box = self._boxes.pop(uid, None)
+        if box is not None:
+            self._per_namespace[box.key[0]] -= 1
+            if self._per_namespace[box.key[0]] <= 0:
+                del self._per_namespace[box.key[0]]
 
     # --- the task ---
 
