@@ -24,7 +24,7 @@ import yaml
 from .contract import Reason
 from .destinations import DriverError, LocalDestination
 from .driver import Driver, decode_data_url, wait_ready
-from .schema import InputSpec, TrainingSchema, parse_schema
+from .schema import InputSpec, TrainingSchema, cli_value, parse_schema
 
 
 class LocalRunError(Exception):
@@ -46,15 +46,7 @@ def parse_cli_value(spec: InputSpec | None, raw: str) -> Any:
         if not path.exists():
             raise LocalRunError(f"{raw}: no such file")
         return str(path.resolve())
-    kind = spec.value.type if spec is not None else "string"
-    if kind == "string":
-        return raw
-    try:
-        return json.loads(raw)
-    except ValueError:
-        if kind == "array":
-            return [item.strip() for item in raw.split(",")]
-        return raw  # the validator says what is wrong with it
+    return cli_value(spec, raw)
 
 
 def parse_inputs(schema: TrainingSchema, pairs: list[str]) -> dict[str, Any]:

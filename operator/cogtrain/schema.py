@@ -565,3 +565,15 @@ def compile_pattern(pattern: str) -> CompiledPattern | None:
         return cast(CompiledPattern, re2.compile(translated, _OPTIONS))
     except (re2.error, UnicodeEncodeError, TypeError, ValueError):
         return None
+
+
+def cli_value(spec: InputSpec | None, raw: str) -> Any:
+    """`-i NAME=VALUE`'s value the way Cog's CLI reads it: typed by the schema (JSON for non-strings, commas for
+    lists); what does not parse stays the text, for the validator to say what is wrong with it."""
+    kind = spec.value.type if spec is not None else "string"
+    if kind == "string":
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return [item.strip() for item in raw.split(",")] if kind == "array" else raw

@@ -8,7 +8,6 @@ Pure, so each piece is tested table-driven; the commands do the talking to the c
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +18,7 @@ from typing import Any
 from . import api
 from .progress import ESCAPE, MARKER
 from .reference import ReferenceError, parse_reference
-from .schema import InputSpec, TrainingSchema
+from .schema import InputSpec, TrainingSchema, cli_value
 
 NAME_MAX = 63  # a Training's name is a Pod label value (cog.run/training): at most 63 characters
 SUFFIX_LENGTH = 5
@@ -60,17 +59,6 @@ def takes_file(spec: InputSpec) -> bool:
     return value.is_file or (value.type == "array" and value.items is not None and value.items.is_file)
 
 
-def _typed(spec: InputSpec | None, raw: str) -> Any:
-    """A value the way Cog's CLI reads it: typed by the schema (JSON for non-strings, commas for lists)."""
-    kind = spec.value.type if spec is not None else "string"
-    if kind == "string":
-        return raw
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return [item.strip() for item in raw.split(",")] if kind == "array" else raw
-
-
 def parse_pairs(schema: TrainingSchema, pairs: Iterable[str], local_file: Callable[[str], str]) -> Inputs:
     """`-i NAME=VALUE` and `-i NAME=@FILE` (`local_file` turns FILE into an absolute path or raises).
 
@@ -99,7 +87,7 @@ def parse_pairs(schema: TrainingSchema, pairs: Iterable[str], local_file: Callab
                 raise ArgumentError(f"-i {name}=@{raw[1:]}: {error}") from None
             parsed.files[value] = name
         else:
-            value = _typed(spec, raw)
+            value = cli_value(spec, raw)
         if spec is not None and spec.value.type == "array":
             items = value if isinstance(value, list) else [value]
             parsed.values[name] = [*parsed.values.get(name, []), *items]
