@@ -81,4 +81,7 @@ def download(client: Any, uri: str, target: Path) -> None:
     except _errors() as error:
         partial.unlink(missing_ok=True)
         raise _sentence(uri, error) from None
+    except BaseException:  # a local failure (disk full, Ctrl-C): no half file left behind
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
