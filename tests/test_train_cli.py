@@ -234,6 +234,18 @@ def test_an_output_folder_that_cannot_be_written_is_one_usage_error(monkeypatch:
 
 
 @pytest.mark.unit
+def test_a_file_gone_before_its_upload_is_a_transfer_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cogtrain.uploads import TransferError, s3_client, upload
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    client = s3_client({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(TransferError, match=f"^s3://b/k: cannot read {tmp_path / 'gone.zip'}: No such file"):
+        upload(client, tmp_path / "gone.zip", "b", "k")
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(("line", "shown"), [
     ("step 1/10", "step 1/10"),
     ('cogtrain.progress {"progress":{"percent":10}}', None),
