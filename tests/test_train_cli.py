@@ -433,6 +433,20 @@ def test_a_manifests_namespace_is_where_the_training_is_created(kube: KubeAPI, r
 
 
 @pytest.mark.integration
+def test_ctrl_c_while_logs_follows_is_one_line(kube: KubeAPI, registries: Registries, cluster: Cluster,
+                                               tmp_path: Path) -> None:
+    env = environment(kube)
+    created = cogtrain(env, "train", model(registries, "hello-train"), "-i", "param=x", "--name", "waits",
+                       "-n", cluster.namespace)
+    assert created.returncode == 0, created.stderr
+    process, stdout, stderr = start(env, tmp_path, "logs", "-f", "waits", "-n", cluster.namespace)
+    time.sleep(3)  # no operator: it stays Pending, and logs -f waits for its Pod
+    process.send_signal(signal.SIGINT)
+    code, printed, said = finish(process, stdout, stderr)
+    assert (code, printed, said.strip()) == (130, "", "cogtrain logs: interrupted")
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(("command", "fault", "message"), [
     (["train", "{model}", "-i", "param=x", "--name", "t"], Fault("POST", "trainings", status=403),
      "cogtrain train: create Training t: forbidden"),

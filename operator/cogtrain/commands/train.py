@@ -79,10 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    created: list[str] = []
     try:
-        return _train(args)
+        return _train(args, created)
     except KeyboardInterrupt:
-        print("cogtrain train: interrupted before the Training was created; nothing was created", file=sys.stderr)
+        if created:  # e.g. while -o downloads: the Training is there, whatever happened to its files here
+            print(f"\ncogtrain train: interrupted; Training {created[0]} was created and is left as it is "
+                  f"(`cogtrain get {created[0]}`)", file=sys.stderr)
+        else:
+            print("cogtrain train: interrupted before the Training was created; nothing was created", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -123,7 +128,7 @@ def _namespace_hint(args: argparse.Namespace, base: dict[str, Any]) -> str:
         return "default"
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, created: list[str]) -> int:
     base = load_manifest(args.filename) if args.filename else {}
     spec = base.get("spec") or {}
     model = args.image or spec.get("model")
@@ -174,6 +179,7 @@ def _train(args: argparse.Namespace) -> int:
     args.namespace = namespace  # the cluster calls go to the Training's own namespace (-f's, when it names one)
     kube = connect(args)
     name = _create(kube, explicit, model, destination, inputs.files, body_for)
+    created.append(name)
     print(f"training.{api.GROUP}/{name} created in namespace {kube.namespace}", file=sys.stderr)
     if not (args.wait or args.follow or args.output):
         print(name)
