@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from cogtrain import api
+from cogtrain.commands import UsageError
+from cogtrain.commands import train as train_command
 from cogtrain.contract import DriverReport, Reason
 from cogtrain.handlers import Runtime
 from cogtrain.registry import RegistryClient
@@ -36,6 +38,7 @@ from cogtrain.submit import (
     model_line,
     outcome,
     output_uris,
+    own_files,
     parse_pairs,
     parse_secret_inputs,
     progress_text,
@@ -194,6 +197,52 @@ def test_output_files_land_below_their_shared_folder(output: Any, paths: dict[st
 def test_an_output_that_would_leave_the_folder_is_refused(uris: list[str]) -> None:
     with pytest.raises(ArgumentError, match="refusing to write it"):
         local_paths(uris)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("uris", "destination", "ours"), [
+    (["s3://b/p/ns/t/w.bin", "s3://b/p/ns/t/sub/c.json"], "s3://b/p/", ["s3://b/p/ns/t/w.bin", "s3://b/p/ns/t/sub/c.json"]),
+    (["s3://b/p/ns/t/w.bin", "s3://b/p/other/t/w.bin"], "s3://b/p", ["s3://b/p/ns/t/w.bin"]),  # another namespace's
+    (["s3://b/p/ns/t/w.bin", "s3://x/p/ns/t/w.bin"], "s3://b/p/", ["s3://b/p/ns/t/w.bin"]),  # another bucket
+    (["s3://b/p/ns/t2/w.bin", "s3://b/p/ns/t/", "s3://b/ns/t/w"], "s3://b/p/", []),  # another training, a folder
+    (["s3://b/ns/t/w.bin", "s3://b/q/ns/t/sub/x", "s3://b/other/t/w", "s3://b/ns/tt/w", "s3://b/ns/t"], None,
+     ["s3://b/ns/t/w.bin", "s3://b/q/ns/t/sub/x"]),  # the operator's default destination: <namespace>/<name>/
+    (["pvc://c/runs/ns/t/w.bin", "pvc://c/runs/ns/x/w.bin"], "pvc://c/runs/", ["pvc://c/runs/ns/t/w.bin"]),
+])
+def test_only_the_files_the_training_stored_are_downloaded(uris: list[str], destination: str | None,
+                                                           ours: list[str]) -> None:
+    assert own_files(uris, "ns", "t", destination) == (ours, [uri for uri in uris if uri not in ours])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("taken", ["out", "out/sub"])  # OUT itself, or a folder an output file needs, is a file
+def test_an_output_folder_that_cannot_be_written_is_one_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path, taken: str) -> None:
+    import cogtrain.uploads
+
+    class Store:
+        def download_file(self, bucket: str, key: str, path: str, Config: Any) -> None:  # noqa: N803  (boto3's)
+            Path(path).write_bytes(b"downloaded")
+
+    monkeypatch.setattr(cogtrain.uploads, "s3_client", Store)
+    (tmp_path / taken).parent.mkdir(exist_ok=True)
+    (tmp_path / taken).write_bytes(b"mine")
+    status = {"output": {"w": "s3://b/p/ns/t/w.bin", "c": "s3://b/p/ns/t/sub/c.json"}}
+    with pytest.raises(UsageError, match=r"^-o .*: cannot write s3://b/p/ns/t/[a-z/.]+'s file .*: "):
+        train_command._download(status, tmp_path / "out", "ns", "t", "s3://b/p/")
+    assert (tmp_path / taken).read_bytes() == b"mine"
+
+
+@pytest.mark.unit
+def test_a_file_gone_before_its_upload_is_a_transfer_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cogtrain.uploads import TransferError, s3_client, upload
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    client = s3_client({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(TransferError, match=f"^s3://b/k: cannot read {tmp_path / 'gone.zip'}: No such file"):
+        upload(client, tmp_path / "gone.zip", "b", "k")
 
 
 @pytest.mark.unit
@@ -363,6 +412,41 @@ def test_unusable_arguments_are_one_line(kube: KubeAPI, registries: Registries, 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("flag", [[], ["-n", "{ns}"], ["-n", "elsewhere"]])
+def test_a_manifests_namespace_is_where_the_training_is_created(kube: KubeAPI, registries: Registries,
+                                                                 cluster: Cluster, tmp_path: Path,
+                                                                 flag: list[str]) -> None:
+    manifest = tmp_path / "training.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "from-file", "namespace": cluster.namespace},
+        "spec": {"model": model(registries, "hello-train"), "input": {"param": "x"}}}))
+    done = cogtrain(environment(kube), "train", "-f", str(manifest), *[f.format(ns=cluster.namespace) for f in flag])
+    if "elsewhere" in flag:  # -n and the manifest disagree: refused, as kubectl does, before anything is created
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (f"cogtrain train: -n elsewhere, but {manifest} has metadata.namespace "
+                               f"{cluster.namespace}; pass -n {cluster.namespace} or leave -n out (the Training, its "
+                               "uploads and the cluster calls need one namespace)\n")
+        assert trainings(cluster) == []
+    else:  # the kubeconfig's context has another namespace (default): the manifest's is used throughout
+        assert (done.returncode, done.stdout) == (0, "from-file\n"), done.stderr
+        assert [t["metadata"]["name"] for t in trainings(cluster)] == ["from-file"]
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_logs_follows_is_one_line(kube: KubeAPI, registries: Registries, cluster: Cluster,
+                                               tmp_path: Path) -> None:
+    env = environment(kube)
+    created = cogtrain(env, "train", model(registries, "hello-train"), "-i", "param=x", "--name", "waits",
+                       "-n", cluster.namespace)
+    assert created.returncode == 0, created.stderr
+    process, stdout, stderr = start(env, tmp_path, "logs", "-f", "waits", "-n", cluster.namespace)
+    time.sleep(3)  # no operator: it stays Pending, and logs -f waits for its Pod
+    process.send_signal(signal.SIGINT)
+    code, printed, said = finish(process, stdout, stderr)
+    assert (code, printed, said.strip()) == (130, "", "cogtrain logs: interrupted")
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(("command", "fault", "message"), [
     (["train", "{model}", "-i", "param=x", "--name", "t"], Fault("POST", "trainings", status=403),
      "cogtrain train: create Training t: forbidden"),
@@ -423,6 +507,7 @@ def test_follow_prints_the_log_in_order_and_progress_then_downloads_the_weights(
     client: Any = s3.client()
     client.put_object(Bucket=BUCKET, Key=f"{folder}/weights.bin", Body=b"W" * 1000)
     client.put_object(Bucket=BUCKET, Key=f"{folder}/sub/config.json", Body=b"{}")
+    client.put_object(Bucket=BUCKET, Key="runs/other-ns/tok/weights.bin", Body=b"theirs")
     out = tmp_path / "weights"
     process, stdout, stderr = start(
         environment(cluster.kube, s3), tmp_path, "train", model(registries), "-n", cluster.namespace, "--name", "tok",
@@ -439,7 +524,8 @@ def test_follow_prints_the_log_in_order_and_progress_then_downloads_the_weights(
     wait_for(lambda: "progress 50% (5/10)" in stderr.read_text(), what="the CLI to show the progress")
     cluster.write_log(pod, "\n".join(lines[25:]) + "\n")
     report = {"status": "succeeded", "output": {"weights": f"s3://{BUCKET}/{folder}/weights.bin",
-                                                "config": f"s3://{BUCKET}/{folder}/sub/config.json", "loss": 0.1}}
+                                                "config": f"s3://{BUCKET}/{folder}/sub/config.json", "loss": 0.1,
+                                                "said": f"s3://{BUCKET}/runs/other-ns/tok/weights.bin"}}
     cluster.finish_pod(pod, 0, report)
     cluster.complete_job(job)
     code, printed, said = finish(process, stdout, stderr)
@@ -449,6 +535,8 @@ def test_follow_prints_the_log_in_order_and_progress_then_downloads_the_weights(
     assert (out / "weights.bin").read_bytes() == b"W" * 1000
     assert (out / "sub" / "config.json").read_bytes() == b"{}"
     assert sorted(p.name for p in out.rglob("*")) == ["config.json", "sub", "weights.bin"]
+    assert (f"not downloading s3://{BUCKET}/runs/other-ns/tok/weights.bin: the output names it, but it is not a "
+            f"file Training tok stored (under <destination>/{cluster.namespace}/tok/)") in said
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from . import __version__
-from .commands import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UnavailableError, UsageError
+from .commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UnavailableError, UsageError
 
 COMMANDS = {
     "validate": "check training inputs against a model's training schema",
@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C in get, list, logs -f, cancel: one line, no traceback
+        if args.command not in ("get", "list", "logs", "cancel"):
+            raise  # the operator and the driver handle their own signals
+        print(f"\ncogtrain {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

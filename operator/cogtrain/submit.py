@@ -195,6 +195,30 @@ def output_uris(output: Any) -> list[str]:
     return []
 
 
+def own_files(uris: Iterable[str], namespace: str, name: str, destination: str | None) -> tuple[list[str], list[str]]:
+    """The output files the training stored itself, and the other URIs its output names.
+
+    The driver stores a training's files under `<destination>/<namespace>/<name>/`; any other `s3://` string in
+    status.output is text the model returned, which `-o` must not fetch with the user's credentials (another
+    namespace's weights, another bucket's objects). With the destination unknown (the operator's default) the
+    key must still hold `<namespace>/<name>/` as whole segments."""
+    ours: list[str] = []
+    others: list[str] = []
+    folder = None
+    if destination and destination.startswith("s3://"):
+        bucket, _, prefix = destination[len("s3://"):].partition("/")
+        folder = "/".join([bucket, *(p for p in prefix.split("/") if p), namespace, name]) + "/"
+    for uri in dict.fromkeys(uris):
+        path = uri.split("://", 1)[1] if "://" in uri else ""
+        if folder is not None:
+            mine = path.startswith(folder) and len(path) > len(folder)
+        else:
+            parts = path.split("/")[1:-1]  # the key's folders: not the bucket, not the file's name
+            mine = any(parts[i : i + 2] == [namespace, name] for i in range(len(parts) - 1))
+        (ours if mine else others).append(uri)
+    return ours, others
+
+
 def local_paths(uris: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Where under OUT each stored file goes: its path below the folder all of them share (one file: its name).
     A path that would leave OUT (`..`, empty parts) is refused."""

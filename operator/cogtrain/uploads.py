@@ -68,6 +68,8 @@ def upload(client: Any, source: Path, bucket: str, key: str) -> str:
                            ExtraArgs={"ChecksumAlgorithm": "SHA256"})
     except _errors() as error:
         raise _sentence(uri, error) from None
+    except OSError as error:  # the file went away or became unreadable after it was checked
+        raise TransferError(f"{uri}: cannot read {source}: {error.strerror or error}") from None
     return uri
 
 
@@ -81,4 +83,7 @@ def download(client: Any, uri: str, target: Path) -> None:
     except _errors() as error:
         partial.unlink(missing_ok=True)
         raise _sentence(uri, error) from None
+    except BaseException:  # a local failure (disk full, Ctrl-C): no half file left behind
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)

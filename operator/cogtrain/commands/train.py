@@ -28,6 +28,7 @@ from ..submit import (
     model_line,
     outcome,
     output_uris,
+    own_files,
     parse_pairs,
     parse_secret_inputs,
     progress_text,
@@ -50,6 +51,7 @@ DESCRIPTION = (
 POLL_SECONDS = 1.0
 NAME_ATTEMPTS = 5
 LOG_DRAIN_SECONDS = 15.0
+MAX_SKIPPED_SHOWN = 10  # output URIs -o does not download, named one a line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    created: list[str] = []
     try:
-        return _train(args)
+        return _train(args, created)
     except KeyboardInterrupt:
-        print("cogtrain train: interrupted before the Training was created; nothing was created", file=sys.stderr)
+        if created:  # e.g. while -o downloads: the Training is there, whatever happened to its files here
+            print(f"\ncogtrain train: interrupted; Training {created[0]} was created and is left as it is "
+                  f"(`cogtrain get {created[0]}`)", file=sys.stderr)
+        else:
+            print("cogtrain train: interrupted before the Training was created; nothing was created", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -106,16 +113,22 @@ def local_file(raw: str) -> str:
 
 
 def _namespace_hint(args: argparse.Namespace, base: dict[str, Any]) -> str:
-    """-n, the manifest's, or the kubeconfig context's namespace: read from the file, the cluster is not asked."""
-    if args.namespace or (base.get("metadata") or {}).get("namespace"):
-        return str(args.namespace or base["metadata"]["namespace"])
+    """-n, the manifest's, or the kubeconfig context's namespace: read from the file, the cluster is not asked.
+    As kubectl does, -n and a manifest that name two namespaces are refused."""
+    given = (base.get("metadata") or {}).get("namespace")
+    if args.namespace and given and args.namespace != given:
+        raise UsageError(f"-n {args.namespace}, but {args.filename} has metadata.namespace {given}; pass "
+                         f"-n {given} or leave -n out (the Training, its uploads and the cluster calls need one "
+                         "namespace)")
+    if args.namespace or given:
+        return str(args.namespace or given)
     try:
         return context_namespace(args) or "default"
     except Exception:  # noqa: BLE001  (no usable kubeconfig: the default namespace)
         return "default"
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, created: list[str]) -> int:
     base = load_manifest(args.filename) if args.filename else {}
     spec = base.get("spec") or {}
     model = args.image or spec.get("model")
@@ -163,8 +176,10 @@ def _train(args: argparse.Namespace) -> int:
     # What is wrong with the name, the destination or the body is said before the cluster is asked.
     body_for(explicit or generated_name(model, "xxxxx"), {})
     upload_keys(destination, namespace, "check", inputs.files)
+    args.namespace = namespace  # the cluster calls go to the Training's own namespace (-f's, when it names one)
     kube = connect(args)
     name = _create(kube, explicit, model, destination, inputs.files, body_for)
+    created.append(name)
     print(f"training.{api.GROUP}/{name} created in namespace {kube.namespace}", file=sys.stderr)
     if not (args.wait or args.follow or args.output):
         print(name)
@@ -178,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     print(sentence, file=sys.stderr)
     if args.output:
-        _download(status, args.output)
+        _download(status, args.output, kube.namespace, name, destination)
     return EXIT_OK
 
 
@@ -306,11 +321,19 @@ def _ask(name: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _download(status: dict[str, Any], out: Path) -> None:
-    """The output files of an s3:// destination into `out`; for a PVC, where they are."""
+def _download(status: dict[str, Any], out: Path, namespace: str, name: str, destination: str | None) -> None:
+    """The output files of an s3:// destination into `out`; for a PVC, where they are. Only the files the
+    training stored (under <destination>/<namespace>/<name>/): another s3:// or pvc:// string of the output is
+    text the model returned, not fetched with the user's credentials."""
     from ..uploads import TransferError, download, s3_client
 
-    uris = output_uris(status.get("output")) or output_uris(status.get("weights"))
+    uris, others = own_files(output_uris(status.get("output")) or output_uris(status.get("weights")),
+                             namespace, name, destination)
+    for uri in others[:MAX_SKIPPED_SHOWN]:
+        print(f"not downloading {uri[:300]}: the output names it, but it is not a file Training {name} stored "
+              f"(under <destination>/{namespace}/{name}/)", file=sys.stderr)
+    if len(others) > MAX_SKIPPED_SHOWN:
+        print(f"not downloading {len(others) - MAX_SKIPPED_SHOWN} more such URIs", file=sys.stderr)
     if not uris:
         print("the training stored no output files", file=sys.stderr)
         return
@@ -332,4 +355,6 @@ def _download(status: dict[str, Any], out: Path) -> None:
             download(client, uri, target)
         except TransferError as error:
             raise UnavailableError(f"downloading the output: {error}") from None
+        except OSError as error:  # OUT or a folder in it is a file, a name is taken by a folder, the disk is full
+            raise UsageError(f"-o {out}: cannot write {uri}'s file {target}: {error.strerror or error}") from None
         print(f"downloaded {uri} to {os.path.relpath(target)}", file=sys.stderr)
