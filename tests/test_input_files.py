@@ -173,3 +173,44 @@ def test_the_receiver_serves_only_the_files_registered_with_it(tmp_path: Path) -
         assert gone.value.code == 502, "a file gone since the check is an error, never an empty file"
     finally:
         receiver.stop()
+
+
+@pytest.mark.integration
+def test_the_receiver_serves_each_file_a_few_times_and_a_few_at_once(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model cannot make the driver (and the store, on the reader's credentials) read its inputs without end."""
+    import socket
+
+    from cogtrain import driver as module
+
+    monkeypatch.setattr(module, "INPUT_SENDS", 1)
+    monkeypatch.setattr(module, "INPUT_SEND_WAIT", 0.5)
+    claim = _claim(tmp_path / "inputs" / "datasets", {"small.csv": b"a,b\n"})
+    with (claim / "big.bin").open("wb") as big:
+        big.truncate(256 * 2**20)  # more than the socket buffers hold: its sending waits for a reader
+    files = InputFiles("s3://bucket/p", tmp_path / "mnt", tmp_path / "inputs", {})
+    notices = io.StringIO()
+    receiver = Receiver(tmp_path / "scratch", "127.0.0.1:0", io.StringIO(), notices)
+    try:
+        small = receiver.serve(files.source(parse_storage_ref("pvc://datasets/small.csv")), "small.csv")
+        for _ in range(module.INPUT_FETCHES):
+            with urllib.request.urlopen(small, timeout=10) as answer:
+                assert answer.read() == b"a,b\n"
+        with pytest.raises(urllib.error.HTTPError) as again:
+            urllib.request.urlopen(small, timeout=10)
+        assert again.value.code == 429
+        assert "served 3 times" in notices.getvalue()
+
+        big_url = receiver.serve(files.source(parse_storage_ref("pvc://datasets/big.bin")), "big.bin")
+        other = receiver.serve(files.source(parse_storage_ref("pvc://datasets/small.csv")), "small.csv")
+        host, port = receiver.server.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=10) as stalled:  # asks, never reads
+            stalled.sendall(f"GET {big_url[len(receiver.url):]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            stalled.recv(1)
+            with pytest.raises(urllib.error.HTTPError) as busy:
+                urllib.request.urlopen(other, timeout=10)
+            assert busy.value.code == 503, "one at a time here: the second waits, then is told to come back"
+        with urllib.request.urlopen(other, timeout=10) as answer:
+            assert answer.read() == b"a,b\n", "a refusal for being busy does not count as a fetch"
+    finally:
+        receiver.stop()

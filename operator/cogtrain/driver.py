@@ -53,6 +53,9 @@ from .jsonstream import Budget, JSONStreamError, Reader, Sink, Tail, Text
 from .progress import MARKER, Tracker, escape, log_tail
 
 UPLOAD_SCHEME = "cogtrain-upload://"
+INPUT_SENDS = 4  # file inputs streamed to the model server at once; more wait, then get 503
+INPUT_SEND_WAIT = 30.0  # seconds a request for a file input waits for one of those
+INPUT_FETCHES = 3  # times each file input is served (Cog fetches it once; a retry or two): no endless re-reads
 _CHUNK = 1024 * 1024
 # What one webhook may make the driver keep in memory, in characters. The log is never kept (its new
 # part is printed as it arrives) and a file inside the output (a data: URL) goes to scratch.
@@ -674,6 +677,9 @@ class Receiver(Inbox):
         host, _, port = listen.rpartition(":")
         receiver = self
         self.files: dict[str, InputSource] = {}  # file inputs served to the model server, by unguessable token
+        self._fetches: dict[str, int] = {}  # token -> times served
+        self._fetching = threading.Lock()
+        self._sends = threading.BoundedSemaphore(INPUT_SENDS)
 
         class Handler(BaseHTTPRequestHandler):
             timeout = idle_timeout  # a request that stalls mid-body gives up its connection (and the webhook lock)
@@ -704,7 +710,7 @@ class Receiver(Inbox):
                 if source is None:
                     self.send_error(404)
                     return
-                receiver.send_file(self, source)
+                receiver.send_bounded(self, token, source)
 
             def do_PUT(self) -> None:  # noqa: N802  (an output file: streamed to disk, never held whole)
                 # splice needs a blocking socket (Python's timeout makes it non-blocking: EAGAIN); the
@@ -763,6 +769,29 @@ class Receiver(Inbox):
         token = secrets.token_urlsafe(18)
         self.files[token] = source
         return f"{self.url}{INPUT_FILES_PATH}{token}/{urllib.parse.quote(name, safe='')}"
+
+    def send_bounded(self, handler: BaseHTTPRequestHandler, token: str, source: InputSource) -> None:
+        """Serve a file input, bounded: each at most INPUT_FETCHES times and INPUT_SENDS at once, so the model
+        cannot make the driver (and the store, on the reader's credentials) read its inputs without end."""
+        with self._fetching:
+            fetched = self._fetches.get(token, 0)
+            if fetched < INPUT_FETCHES:
+                self._fetches[token] = fetched + 1
+        if fetched >= INPUT_FETCHES:
+            self.notice(f"refused to serve {source.uri} again: it was served {INPUT_FETCHES} times")
+            with contextlib.suppress(OSError):
+                handler.send_error(429, "this file input was served its most times")
+            return
+        if not self._sends.acquire(timeout=INPUT_SEND_WAIT):
+            with self._fetching:
+                self._fetches[token] -= 1
+            with contextlib.suppress(OSError):
+                handler.send_error(503, "too many file inputs being served at once")
+            return
+        try:
+            self.send_file(handler, source)
+        finally:
+            self._sends.release()
 
     def send_file(self, handler: BaseHTTPRequestHandler, source: InputSource) -> None:
         """Stream a file input to the model server: 1 MiB at a time (a file on a claim through sendfile), so
