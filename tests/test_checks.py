@@ -68,3 +68,16 @@ def test_s3_inputs_read_with_the_operators_secret_stay_in_the_namespaces_area(
 def test_an_admin_without_a_default_secret_leaves_reading_to_the_pods_identity() -> None:
     checked = check(_training({"data": OTHER_NAMESPACE}), _model(), Settings(default_destination="s3://trainings/runs/"))
     assert checked.ok and checked.storage_input_names == ["data"]
+
+
+@pytest.mark.parametrize(("extra", "refused"), [
+    ([f"pvc://claim-{i}/a.csv" for i in range(15)], None),  # with data's claim: 16
+    ([f"pvc://claim-{i}/a.csv" for i in range(16)], "reads files from 17 PersistentVolumeClaims; at most 16"),
+    ([f"pvc://datasets/{i}.csv" for i in range(255)], None),  # with data: 256 files
+    ([f"pvc://datasets/{i}.csv" for i in range(256)], "names 257 s3:// and pvc:// files; at most 256"),
+])
+def test_a_training_reads_a_bounded_number_of_files_and_claims(extra: list[str], refused: str | None) -> None:
+    """Checked by the operator too: with the webhook off, every claim would become a volume of the Pod."""
+    checked = check(_training({"data": "pvc://datasets/x.csv", "extra": extra}), _model(), ADMIN)
+    assert [(p.field, p.message.split(" (")[0]) for p in checked.problems] == ([("spec.input", refused)] if refused
+                                                                               else [])

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import Training
-from .contract import Reason
+from .contract import Reason, storage_refs
 from .resolver import ResolvedModel
 from .settings import Settings
 from .validation import Problem, validate_input
+
+MAX_INPUT_FILES = 256  # s3:// and pvc:// files one Training reads: the driver checks and serves each
+MAX_INPUT_CLAIMS = 16  # claims those name: each is a volume of the Pod
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
         secret_lists = list(result.secret_list_names)
         storage = list(result.storage_input_names)
         problems += outside_namespace_area(training, {name: values[name] for name in storage}, settings)
+        problems += too_many_files({name: values[name] for name in storage})
         if problems:
             reason = Reason.INVALID_INPUT
             values, storage = {}, []
@@ -60,6 +64,20 @@ def check(training: Training, model: ResolvedModel | None, settings: Settings) -
         ))
         reason = reason if problems[:-1] else Reason.NO_DESTINATION
     return Checked(problems, warnings, values, reason, secret_lists, storage)
+
+
+def too_many_files(storage: dict[str, Any]) -> list[Problem]:
+    """Bounds on cluster-storage inputs that hold with the webhook off too (its access checks stop at 63)."""
+    refs = [ref for value in storage.values() for ref in storage_refs(value)]
+    claims = {ref[len("pvc://"):].split("/", 1)[0] for ref in refs if ref.startswith("pvc://")}
+    problems = []
+    if len(refs) > MAX_INPUT_FILES:
+        problems.append(Problem("spec.input", f"names {len(refs)} s3:// and pvc:// files; at most {MAX_INPUT_FILES} "
+                                "(pack them into one archive and pass that)"))
+    if len(claims) > MAX_INPUT_CLAIMS:
+        problems.append(Problem("spec.input", f"reads files from {len(claims)} PersistentVolumeClaims; at most "
+                                f"{MAX_INPUT_CLAIMS} (each is a volume of the training Pod; put the files on fewer)"))
+    return problems
 
 
 def reads_inputs_with_operator_secret(training: Training, settings: Settings) -> bool:
