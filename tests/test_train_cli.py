@@ -758,3 +758,21 @@ def test_logs_follow_waits_for_the_pod_and_streams_its_log_until_it_ends(
     cluster.finish_pod(pod, 10, json.loads(report.encode()))
     code, printed, _ = finish(process, stdout, stderr, timeout=30)
     assert (code, printed) == (0, "one\ncogtrain.progress forged by the model\ntwo\n"), "records left out, in order"
+
+
+@pytest.mark.unit
+def test_waiting_on_a_training_no_operator_picks_up_says_so_once_and_waits_on(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cogtrain.commands import train as command
+
+    monkeypatch.setattr(command, "UNSEEN_HINT_SECONDS", 0.05)
+    monkeypatch.setattr(command, "POLL_SECONDS", 0.02)
+    seen = iter([{}] * 10 + [{"status": {"phase": "Pending"}}] * 3 + [{"status": {"phase": "Succeeded"}}])
+
+    class Kube:
+        def training(self, name: str) -> dict[str, Any]:
+            return next(seen)
+
+    assert command._see_to_the_end(Kube(), "t", follow=False, cancel_on_interrupt=False) == {"phase": "Succeeded"}
+    said = capsys.readouterr().err
+    assert said.count("Training t has no status after 0 s: no operator has picked it up") == 1, said

@@ -274,14 +274,23 @@ class _LogPrinter:
         self.thread.join(LOG_DRAIN_SECONDS)
 
 
+UNSEEN_HINT_SECONDS = 60.0  # an operator sets status.phase within seconds; past this, say it may not be running
+
+
 def _see_to_the_end(kube: Kube, name: str, follow: bool, cancel_on_interrupt: bool) -> dict[str, Any] | None:
     """Poll the Training until it ends (its status), or None when Ctrl-C left it running."""
     printer = _LogPrinter(kube) if follow else None
     shown: str | None = None
     canceled = False
+    unseen_until = time.monotonic() + UNSEEN_HINT_SECONDS
     while True:
         try:
             status: dict[str, Any] = kube.training(name).get("status") or {}
+            if not status.get("phase") and unseen_until and time.monotonic() >= unseen_until:
+                print(f"Training {name} has no status after {UNSEEN_HINT_SECONDS:.0f} s: no operator has picked it up. "
+                      "Is cog-training-operator running, and does it watch this namespace? (still waiting; Ctrl-C "
+                      "to stop)", file=sys.stderr)
+                unseen_until = 0.0
             if printer is not None:
                 printer.add(kube.driver_pods(name))
                 text = progress_text(status.get("progress"))
