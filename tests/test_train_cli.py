@@ -740,7 +740,7 @@ def test_output_on_a_claim_is_named_not_downloaded(operator: RunningOperator, cl
 
 
 @pytest.mark.integration
-def test_logs_follow_waits_for_the_pod_and_streams_its_log_until_it_ends(
+def test_logs_follow_waits_for_the_pod_and_streams_each_pod_until_the_training_ends(
         operator: RunningOperator, cluster: Cluster, registries: Registries, tmp_path: Path) -> None:
     cluster.create_training("f", {"model": model(registries), "input": {"train_data": "https://x/d.zip"}})
     env = environment(cluster.kube)
@@ -748,14 +748,20 @@ def test_logs_follow_waits_for_the_pod_and_streams_its_log_until_it_ends(
     job = cluster.job("f")
     time.sleep(1.5)  # the command polls for the Pod meanwhile
     assert process.poll() is None, "it waits for a Pod to start"
-    pod = cluster.start_pod(job)
-    cluster.run_pod(pod)
-    cluster.write_log(pod, 'one\ncogtrain.progress {"progress":{"percent":5.0,"observedTime":"2026-11-27T10:01:00Z"}}\n')
+    first = cluster.start_pod(job)
+    cluster.run_pod(first)
+    cluster.write_log(first, 'one\ncogtrain.progress {"progress":{"percent":5.0,"observedTime":"2026-11-27T10:01:00Z"}}\n')
     wait_for(lambda: stdout.read_text() == "one\n", what="the first line, followed")
-    cluster.write_log(pod, "\\cogtrain.progress forged by the model\ntwo\n")
+    cluster.finish_pod(first, 137, None)  # killed, as a disruption does: the Job makes another Pod
+    second = cluster.start_pod(job)
+    cluster.run_pod(second)
+    cluster.write_log(second, "\\cogtrain.progress forged by the model\ntwo\n")
+    wait_for(lambda: stdout.read_text().endswith("two\n"), what="the second Pod's log, followed")
+    assert process.poll() is None, "the Training has not ended: it waits on"
     report = DriverReport.failure(Reason.TRAINING_FAILED, "the model raised", logs="s3://b/ns/f/logs.txt",
                                   log_tail="one\ntwo")
-    cluster.finish_pod(pod, 10, json.loads(report.encode()))
+    cluster.finish_pod(second, 10, json.loads(report.encode()))
+    cluster.fail_job(job, "PodFailurePolicy")
     code, printed, _ = finish(process, stdout, stderr, timeout=30)
     assert (code, printed) == (0, "one\ncogtrain.progress forged by the model\ntwo\n"), "records left out, in order"
 

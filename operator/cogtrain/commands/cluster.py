@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,6 +15,7 @@ from typing import Any, TypeVar
 from .. import api
 from ..contract import DRIVER_CONTAINER
 from ..jobs import LABEL_TRAINING
+from ..submit import model_line
 from . import UnavailableError
 
 T = TypeVar("T")
@@ -156,3 +160,39 @@ def connect(args: argparse.Namespace) -> Kube:
     configuration.retries = 1
     api_client = client.ApiClient(configuration)
     return Kube(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), namespace, configuration.host)
+
+
+LOG_DRAIN_SECONDS = 15.0  # the log a Pod still sends after the Training ended, waited for at most
+
+
+class LogPrinter:
+    """Prints the driver log of each of the Training's Pods in turn, as it comes, on its own thread (the main
+    thread stays free for Ctrl-C); the driver's progress records are left out."""
+
+    def __init__(self, kube: Kube, command: str) -> None:
+        self.kube, self.command = kube, command
+        self.pods: queue.Queue[str | None] = queue.Queue()
+        self.seen: set[str] = set()
+        self.thread = threading.Thread(target=self._print_all, name="logs", daemon=True)
+        self.thread.start()
+
+    def add(self, pods: list[str]) -> None:
+        for pod in pods:
+            if pod not in self.seen:
+                self.seen.add(pod)
+                self.pods.put(pod)
+
+    def _print_all(self) -> None:
+        while (pod := self.pods.get()) is not None:
+            try:
+                for line in self.kube.log_lines(pod, follow=True):
+                    shown = model_line(line)
+                    if shown is not None:
+                        sys.stdout.write(shown + "\n")
+                        sys.stdout.flush()
+            except UnavailableError as error:
+                print(f"{self.command}: {error}", file=sys.stderr)
+
+    def finish(self) -> None:
+        self.pods.put(None)
+        self.thread.join(LOG_DRAIN_SECONDS)

@@ -8,7 +8,7 @@ import time
 
 from ..submit import FINISHED, model_line
 from . import EXIT_OK, EXIT_PROBLEMS
-from .cluster import Kube, cluster_arguments, connect
+from .cluster import Kube, LogPrinter, cluster_arguments, connect
 
 DESCRIPTION = (
     "Print the log of a Training's newest Pod (the driver container's: the model's output). Once the Pod is "
@@ -27,19 +27,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     kube = connect(args)
+    if args.follow:
+        return _follow(kube, args.name)
+    status = kube.training(args.name).get("status") or {}
+    pods = kube.driver_pods(args.name)
+    if pods:
+        _print(kube, pods[-1])
+        return EXIT_OK
+    return _stored(args.name, status)
+
+
+def _follow(kube: Kube, name: str) -> int:
+    """Each of the Training's Pods in turn (a restart after a disruption brings a new one) until it ends."""
+    printer = LogPrinter(kube, "cogtrain logs")
     while True:
-        status = kube.training(args.name).get("status") or {}
-        pods = kube.driver_pods(args.name)
-        if pods:
-            _print(kube, pods[-1], args.follow)
-            return EXIT_OK
-        if not args.follow or status.get("phase") in FINISHED:
-            return _stored(args.name, status)
+        status = kube.training(name).get("status") or {}
+        printer.add(kube.driver_pods(name))
+        if status.get("phase") in FINISHED:
+            printer.finish()
+            return EXIT_OK if printer.seen else _stored(name, status)
         time.sleep(POLL_SECONDS)
 
 
-def _print(kube: Kube, pod: str, follow: bool) -> None:
-    for line in kube.log_lines(pod, follow=follow):
+def _print(kube: Kube, pod: str) -> None:
+    for line in kube.log_lines(pod, follow=False):
         shown = model_line(line)
         if shown is not None:
             sys.stdout.write(shown + "\n")

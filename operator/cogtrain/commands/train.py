@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import secrets
 import string
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from ..submit import (
     build_training,
     generated_name,
     local_paths,
-    model_line,
     outcome,
     output_uris,
     own_files,
@@ -37,7 +34,7 @@ from ..submit import (
 )
 from ..validation import model_problems, validate_input
 from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, UnavailableError, UsageError
-from .cluster import AlreadyExists, Kube, NotFound, cluster_arguments, connect, context_namespace
+from .cluster import AlreadyExists, Kube, LogPrinter, NotFound, cluster_arguments, connect, context_namespace
 from .common import registry_arguments, resolve_model
 
 USAGE_ERRORS = (DocumentError, ArgumentError)
@@ -50,7 +47,6 @@ DESCRIPTION = (
 
 POLL_SECONDS = 1.0
 NAME_ATTEMPTS = 5
-LOG_DRAIN_SECONDS = 15.0
 MAX_SKIPPED_SHOWN = 10  # output URIs -o does not download, named one a line
 
 
@@ -241,45 +237,12 @@ def _upload(destination: str | None, namespace: str, name: str, files: dict[str,
     return uris
 
 
-class _LogPrinter:
-    """Prints the driver log of each of the Training's Pods in turn, as it comes, on its own thread (the main
-    thread stays free for Ctrl-C); the driver's progress records are left out."""
-
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-        self.pods: queue.Queue[str | None] = queue.Queue()
-        self.seen: set[str] = set()
-        self.thread = threading.Thread(target=self._print_all, name="logs", daemon=True)
-        self.thread.start()
-
-    def add(self, pods: list[str]) -> None:
-        for pod in pods:
-            if pod not in self.seen:
-                self.seen.add(pod)
-                self.pods.put(pod)
-
-    def _print_all(self) -> None:
-        while (pod := self.pods.get()) is not None:
-            try:
-                for line in self.kube.log_lines(pod, follow=True):
-                    shown = model_line(line)
-                    if shown is not None:
-                        sys.stdout.write(shown + "\n")
-                        sys.stdout.flush()
-            except UnavailableError as error:
-                print(f"cogtrain train: {error}", file=sys.stderr)
-
-    def finish(self) -> None:
-        self.pods.put(None)
-        self.thread.join(LOG_DRAIN_SECONDS)
-
-
 UNSEEN_HINT_SECONDS = 60.0  # an operator sets status.phase within seconds; past this, say it may not be running
 
 
 def _see_to_the_end(kube: Kube, name: str, follow: bool, cancel_on_interrupt: bool) -> dict[str, Any] | None:
     """Poll the Training until it ends (its status), or None when Ctrl-C left it running."""
-    printer = _LogPrinter(kube) if follow else None
+    printer = LogPrinter(kube, "cogtrain train") if follow else None
     shown: str | None = None
     canceled = False
     unseen_until = time.monotonic() + UNSEEN_HINT_SECONDS
