@@ -77,6 +77,7 @@ from cogtrain.registry import RegistryClient  # noqa: E402
 from cogtrain.resolver import SchemaResolver  # noqa: E402
 from cogtrain.settings import Settings  # noqa: E402
 from cogtrain.status import Validation, status_patch  # noqa: E402
+from cogtrain.storage import DiffBase  # noqa: E402
 from support.registries import cog_labels  # noqa: E402
 from support.registry_server import start_registry  # noqa: E402
 
@@ -101,11 +102,8 @@ class Bench:
     notes: list[str] = field(default_factory=list)
 
 
-def training_body(namespace: str, name: str, image: str, spec: dict[str, Any] | None = None,
-                  annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def training_body(namespace: str, name: str, image: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     metadata_: dict[str, Any] = {"name": name, "namespace": namespace}
-    if annotations:
-        metadata_["annotations"] = annotations
     return {"apiVersion": "cog.run/v1alpha1", "kind": "Training", "metadata": metadata_,
             "spec": spec or {"model": image, "input": {"train_data": "https://example.com/d.zip", "seed": 1},
                              "destination": "s3://bench/"}}
@@ -333,15 +331,15 @@ def burst(bench: Bench, kind: str, size: int, index: int) -> Burst:
 
 def seed(bench: Bench, namespace: str, count: int) -> tuple[float, int]:
     """`count` finished Trainings as the operator leaves them (status Succeeded with its jobName and kopf's
-    diff-base annotation), each with its Job (Complete) and its Pod (Succeeded, the driver's report). Returns
+    diff-base), each with its Job (Complete) and its Pod (Succeeded, the driver's report). Returns
     (seconds, requests)."""
     sample = training_body(namespace, "seed", bench.image)
     spec = bench.admin.request("POST", trainings(namespace), sample, query={"dryRun": "All"})["spec"]  # defaulted
-    storage = kopf.AnnotationsDiffBaseStorage(prefix="cog.run", key="last-handled-configuration")
+    storage = DiffBase()  # the operator's own, so its diff-base is where the operator keeps it
     shape = kopf.Body({"metadata": {"name": "seed", "namespace": namespace}, "spec": spec})
     patch = kopf.Patch()
     storage.store(body=shape, patch=patch, essence=storage.build(body=shape))
-    annotations = dict(patch["metadata"]["annotations"])
+    diff_base = dict(patch["status"])
     settings = Settings(driver_image=DRIVER_IMAGE)
     resolved = SchemaResolver(RegistryClient()).resolve(bench.image)
     checked = check(api.Training.model_validate({**sample, "metadata": {**sample["metadata"], "uid": "x"}}), resolved,
@@ -350,7 +348,7 @@ def seed(bench: Bench, namespace: str, count: int) -> tuple[float, int]:
 
     def one(i: int) -> None:
         name = f"done-{i:05d}"
-        created = bench.admin.create(trainings(namespace), training_body(namespace, name, bench.image, spec, annotations))
+        created = bench.admin.create(trainings(namespace), training_body(namespace, name, bench.image, spec))
         manifest = build_job(api.Training.model_validate(created), resolved.pinned, checked.input, settings,
                              checked.secret_list_names)
         manifest["spec"]["managedBy"] = "bench.cog.run/seeded"  # the Job controller leaves it as written
@@ -362,6 +360,7 @@ def seed(bench: Bench, namespace: str, count: int) -> tuple[float, int]:
                                          f"the inputs match the training schema of {resolved.pinned}"),
                               imageDigest=resolved.pinned, jobName=job_name, startTime=start, output=output,
                               weights=output["weights"])
+        status.update(diff_base)
         bench.admin.merge(trainings(namespace, name) + "/status", {"status": status})
         job = bench.admin.create(jobs(namespace), manifest)
         bench.admin.merge(jobs(namespace, job_name) + "/status", {"status": {

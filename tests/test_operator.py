@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -409,6 +410,72 @@ def test_registry_down_stays_pending_then_proceeds(kube: KubeAPI, operator: Runn
         assert cluster.condition("later", "Validated")["status"] == "True"
     finally:
         proxy.stop()
+
+
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                     "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}
+
+
+def _reconciling(cluster: Cluster, name: str) -> str:
+    return str((cluster.condition(name, "Reconciling") or {}).get("reason"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stuck", [False, True], ids=["until-the-burst-is-handled", "at-most-the-limit"])
+def test_a_wait_is_reported_after_the_jobs_of_new_trainings_are_made(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries,
+        monkeypatch: pytest.MonkeyPatch, stuck: bool) -> None:
+    """While a new Training waits for its first handling, an Unschedulable Pod of another is not written into
+    its status: the Jobs go first. Written once none waits, or after DEFER_LIMIT while one never stops waiting."""
+    from cogtrain import handlers
+
+    monkeypatch.setattr(handlers, "DEFER_LIMIT", 4.0)
+    cluster.create_training("first", spec(registries))
+    pod = cluster.start_pod(cluster.job("first"))
+    wait_for(lambda: _reconciling(cluster, "first") not in ("None", "Unschedulable"), what="the Job named in the status")
+    fault = Fault("POST", "jobs", status=500, times=1000 if stuck else 1)
+    kube.emulator.faults.append(fault)
+    try:
+        cluster.create_training("second", spec(registries))
+        wait_for(lambda: fault.hits >= 1, what="the second Training's Job refused once")
+        cluster.set_pod_status(pod, UNSCHEDULABLE)
+        time.sleep(1.5)  # the operator sees the Pod at once; kopf retries the second's handler after 5 s
+        assert not cluster.status("second").get("phase") and _reconciling(cluster, "first") != "Unschedulable"
+        if not stuck:
+            wait_for(lambda: cluster.status("second").get("jobName"), timeout=30, what="the second Training's Job")
+            wait_for(lambda: _reconciling(cluster, "first") == "Unschedulable", timeout=3,
+                     what="the wait reported once no Training waits for its first handling")
+        else:
+            held = time.monotonic()
+            wait_for(lambda: _reconciling(cluster, "first") == "Unschedulable", timeout=15,
+                     what="the wait reported after DEFER_LIMIT")
+            assert time.monotonic() - held >= 3.0, "not written while the second Training waited"
+            assert not cluster.status("second").get("phase"), "the second still waits for its first handling"
+    finally:
+        kube.emulator.faults.remove(fault)
+
+
+@pytest.mark.integration
+def test_event_handler_successes_are_not_logged(operator: RunningOperator, cluster: Cluster, registries: Registries,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """One line per Training, Job and Pod event said nothing; the create handler's lines stay."""
+    import logging
+
+    from cogtrain import handlers
+
+    kopf_objects = logging.getLogger("kopf.objects")
+    before = list(kopf_objects.filters)
+    handlers.quiet_event_handlers()
+    try:
+        with caplog.at_level(logging.INFO, logger="kopf.objects"):
+            cluster.create_training("quiet", spec(registries))
+            cluster.set_pod_status(cluster.start_pod(cluster.job("quiet")), UNSCHEDULABLE)
+            wait_for(lambda: _reconciling(cluster, "quiet") == "Unschedulable", what="the Pod's wait in the status")
+        lines = [record.getMessage() for record in caplog.records if record.name == "kopf.objects"]
+        assert "Handler 'reconcile' succeeded." in lines
+        assert not [line for line in lines if line.endswith("_event' succeeded.") or line.startswith("Handler 'track'")]
+    finally:
+        kopf_objects.filters[:] = before
 
 
 # --- the command users run -----------------------------------------------------------------------

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import Any
 
 import pytest
 
 from cogtrain.api import Phase
 from cogtrain.contract import Reason, weights_of
-from cogtrain.status import Observation, Validation, advance, conditions, disruptions_of, driver_report, observe
+from cogtrain.status import (
+    Observation,
+    Validation,
+    advance,
+    conditions,
+    disruptions_of,
+    driver_report,
+    informational,
+    observe,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -189,3 +199,17 @@ def test_a_restart_clears_the_progress_of_the_attempt_that_was_disrupted() -> No
     evicted = _pod("p1", "u1", "Failed", "EvictionByEvictionAPI")
     patch = advance(running, observe(JOB, [evicted]), 1, NOW, disruptions_of([evicted]), max_restarts=3)
     assert patch is not None and patch["progress"] is None and patch["lastLog"] is None and patch["metrics"] is None
+
+
+@pytest.mark.parametrize(("current", "update", "expected"), [
+    pytest.param({"phase": "Pending"}, {"phase": "Pending"}, True, id="more-about-a-wait"),
+    pytest.param({"phase": "Pending", "restarts": 1}, {"phase": "Pending", "restarts": 1}, True, id="same-restarts"),
+    pytest.param({"phase": "Pending"}, {"phase": "Pending", "restarts": 1}, False, id="a-restart-counted"),
+    pytest.param({"phase": "Pending"}, {"phase": "Running"}, False, id="started"),
+    pytest.param({"phase": "Pending"}, {"phase": "Failed"}, False, id="failed"),
+    pytest.param({"phase": "Running"}, {"phase": "Pending"}, False, id="back-to-pending"),
+    pytest.param({}, {"phase": "Pending"}, False, id="no-phase-yet"),
+])
+def test_informational_writes_are_pending_to_pending(current: dict[str, Any], update: dict[str, Any],
+                                                     expected: bool) -> None:
+    assert informational(current, update) is expected

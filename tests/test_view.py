@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cogtrain.status import disruptions_of, observe
-from cogtrain.view import JOB, POD, TRAINING, Coalescer, Pacer, Schedule, View, child_key, slim
+from cogtrain.view import JOB, POD, TRAINING, Coalescer, Deferred, Pacer, Schedule, View, child_key, slim
 
 pytestmark = pytest.mark.unit
 
@@ -151,6 +151,39 @@ def test_view_follows_events(events: list[tuple[str, str | None, dict[str, Any]]
     assert (len(found_jobs), len(found_pods)) == (jobs, pods)
     assert (view.training(key) is not None) == held
     assert view.sizes()["jobs"] == jobs and view.sizes()["pods"] == pods
+
+
+@pytest.mark.parametrize(("events", "unhandled"), [
+    pytest.param([], 0, id="nothing"),
+    pytest.param([("a", "ADDED", None)], 1, id="a-new-training-waits"),
+    pytest.param([("a", "ADDED", None), ("a", "MODIFIED", "Pending")], 0, id="handled"),
+    pytest.param([("a", None, None), ("b", None, "Succeeded"), ("c", None, "Failed")], 1, id="listed-unhandled"),
+    pytest.param([("a", "ADDED", None), ("a", "DELETED", None)], 0, id="deleted-before-handling"),
+    pytest.param([("a", "ADDED", None), ("b", "ADDED", None), ("a", "MODIFIED", "Failed")], 1, id="one-of-two"),
+    pytest.param([("a", "ADDED", None), ("a", "MODIFIED", "deleting")], 0, id="being-deleted"),
+])
+def test_handling_is_whether_a_training_waits_for_its_first_handling(
+        events: list[tuple[str, str | None, str | None]], unhandled: int) -> None:
+    view = View()
+    for name, event_type, phase in events:
+        body = training(name, None if phase == "deleting" else phase)
+        if phase == "deleting":
+            body["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+        view.training_seen(event_type, body)
+    assert view.handling() is bool(unhandled) and view.sizes()["unhandled"] == unhandled
+
+
+def test_deferred_keeps_the_first_time_and_gives_each_key_once() -> None:
+    deferred = Deferred()
+    deferred.hold(("ml", "a"), 10.0)
+    deferred.hold(("ml", "a"), 25.0)  # held again: still since 10
+    deferred.hold(("ml", "b"), 20.0)
+    assert deferred.due(39.0, 30.0) == [] and len(deferred) == 2
+    assert deferred.due(40.0, 30.0) == [("ml", "a")] and len(deferred) == 1
+    deferred.drop(("ml", "b"))
+    assert deferred.due(1000.0, 30.0) == [] and len(deferred) == 0
+    deferred.hold(("ml", "c"), 50.0)
+    assert deferred.due(50.0, 30.0, everything=True) == [("ml", "c")] and deferred.due(99.0, 30.0) == []
 
 
 def test_readers_keep_what_they_were_given() -> None:

@@ -17,6 +17,7 @@ Deleting a Training deletes its Job through the ownerReference (no finalizer).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -52,12 +53,13 @@ from .status import (
     advance,
     describe_disruption,
     disruptions_of,
+    informational,
     observe,
     running_pod,
     status_patch,
 )
 from .validation import model_problems, summarize
-from .view import JOB, Coalescer, Key, Pacer, Schedule, View, slim
+from .view import JOB, Coalescer, Deferred, Key, Pacer, Schedule, View, slim
 
 LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -105,6 +107,8 @@ class Runtime(ApiClients):
     refusals: asyncio.Task[None] | None = None  # the checks for refused Pods (`watch_refusals`)
     progress: asyncio.Task[None] | None = None  # the reads of running Trainings' progress (`watch_progress`)
     syncs: Coalescer = field(default_factory=Coalescer)  # the Trainings whose status a thread is syncing
+    deferred: Deferred = field(default_factory=Deferred)  # informational status writes held in a burst (`_follow`)
+    held_events: collections.deque[tuple[float, dict[str, Any], str]] = field(default_factory=collections.deque)
     notifier: Notifier | None = None  # the webhook deliveries (`watch_refusals` starts them)
     notifications: asyncio.Task[None] | None = None  # the task handing due webhook events to its threads
 
@@ -123,6 +127,24 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
+EVENT_HANDLERS = ("track", "job_event", "pod_event")
+
+
+class EventHandlerSuccesses(logging.Filter):
+    """Drops kopf's "Handler 'pod_event' succeeded." lines: one for every Training, Job and Pod event, a tenth
+    of the event loop's time in a burst of 1,000 Trainings (py-spy), and a flood of logs saying nothing.
+    Failures, and the lines of the create and field handlers, stay; `cogtrain operator -v` keeps them all."""
+
+    _lines = frozenset(f"Handler '{name}' succeeded." for name in EVENT_HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self._lines
+
+
+def quiet_event_handlers() -> None:
+    logging.getLogger("kopf.objects").addFilter(EventHandlerSuccesses())
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """kopf settings: progress kept in status.kopf (status subresource), Events on, bounded timeouts;
@@ -130,6 +152,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     runtime = _runtime(memo)
     runtime.view = View()  # this run's view: nothing carried over from an earlier run in the same process
     runtime.syncs = Coalescer()
+    runtime.deferred = Deferred()
     # Status writes run on a few threads of their own, not on kopf's 16: in a burst the threads that create
     # Jobs are never all taken by status writes, which wait (coalesced, one per Training) instead.
     runtime.executor = concurrent.futures.ThreadPoolExecutor(STATUS_WORKERS, thread_name_prefix="cogtrain-status")
@@ -138,7 +161,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if runtime.metrics_port is not None:
         metrics.serve(runtime.metrics_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
-    settings.persistence.diffbase_storage = storage.DiffBase(prefix="cog.run", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = storage.DiffBase()
     settings.persistence.finalizer = "cog.run/finalizer"
     settings.posting.enabled = True
     settings.posting.level = logging.INFO
@@ -295,7 +318,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, r
     fresh = reason == kopf.Reason.CREATE and retry == 0 and not status.get("jobName")
     existing = None if fresh else _read_job(runtime, namespace, job_name(training))
     if existing is not None and _owned_by(existing, training.metadata.uid):
-        _adopt(runtime, body, training, existing)
+        _adopt(runtime, body, patch, training, existing)
         return
     if status.get("jobName"):  # it had a Job, which is gone: never a second one
         lost = lost_job(str(status["jobName"]))
@@ -367,27 +390,34 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, r
         imageDigest=model.pinned,
         jobName=manifest["metadata"]["name"],
     )
-    _record_job(runtime, training, fields)
-    kopf.info(body, reason=Reason.JOB_CREATED, message=message)
+    _record_job(patch, fields)
+    _post_job_created(runtime, body, message)
 
 
-def _record_job(runtime: Runtime, training: api.Training, fields: dict[str, Any]) -> None:
-    """Write the jobName (and what goes with it) at once.
+def _post_job_created(runtime: Runtime, body: kopf.Body, message: str) -> None:
+    """The JobCreated Event, held like an informational status write while Trainings wait for their first
+    handling (this one among them, until kopf's patch lands): posted by `_release` in the event loop."""
+    meta = body.get("metadata") or {}
+    reference = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                 "metadata": {key: meta.get(key) for key in ("name", "namespace", "uid")}}
+    runtime.held_events.append((time.monotonic(), reference, message))
 
-    Job and Pod events are ignored until the status names the Job; written here rather than in
-    kopf's patch (applied only after the handler), no event that came in between is lost: the
-    Training's own watch event for this write compares the status with the operator's view of the
+
+def _record_job(patch: kopf.Patch, fields: dict[str, Any]) -> None:
+    """The jobName (and what goes with it), in kopf's patch: one status write with kopf's diff-base
+    (storage.DiffBase keeps it in the status), as soon as the handler returns.
+
+    Job and Pod events are ignored until the status names the Job; none that came in between is lost:
+    the Training's own watch event for this write compares the status with the operator's view of the
     Job and Pods (`training_behind`), and brings it up to date when they have moved on.
     """
-    namespace, name = training.metadata.namespace or "default", training.metadata.name or ""
-    runtime.custom.patch_namespaced_custom_object_status(
-        *TRAININGS[:2], namespace, TRAININGS[2], name, {"status": fields}, _request_timeout=runtime.request_timeout
-    )
+    patch.status.update(fields)
 
 
 def _adopt(
     runtime: Runtime,
     body: kopf.Body,
+    patch: kopf.Patch,
     training: api.Training,
     job: Mapping[str, Any],
 ) -> None:
@@ -410,7 +440,7 @@ def _adopt(
         Validation(True, Reason.INPUTS_VALID, "the Job was created from validated inputs"),
         jobName=job["metadata"]["name"],
     )
-    _record_job(runtime, training, fields)
+    _record_job(patch, fields)
 
 
 # --- cancel and suspend ----------------------------------------------------------------------
@@ -679,34 +709,72 @@ def _deleted_finished_job(body: Mapping[str, Any], type: str | None) -> dict[str
     return slim(dict(body), JOB) if type == "DELETED" and _finished(body) else None
 
 
+Behind = tuple[bool, bool]
+"""(a status write is called for, it may wait: `informational` while Trainings wait for their first handling)."""
+_NOT_BEHIND: Behind = (False, False)
+
+
 def _behind(runtime: Runtime, key: Key, training: Mapping[str, Any], finished_job: Mapping[str, Any] | None,
-            no_job: bool) -> bool:
+            no_job: bool) -> Behind:
     """Whether the view of the Job and Pods calls for a status write (no I/O: in the event loop). `no_job`:
     the answer when the view holds no Job of the Training (only a fresh read can tell then)."""
     jobs, pods = runtime.view.children(key)
     uid = (training.get("metadata") or {}).get("uid")
     job = next((j for j in jobs if _owned_by(j, uid)), None) or finished_job
     if job is None:
-        return no_job
+        return no_job, False
     observation, owned = _observe(training, job, pods)
     if observation.reason in _READ_PODS_AFRESH:
-        return True  # sync_status reads the Pods afresh before deciding
-    return _advance(runtime, training, observation, owned) is not None
+        return True, False  # sync_status reads the Pods afresh before deciding
+    update = _advance(runtime, training, observation, owned)
+    if update is None:
+        return _NOT_BEHIND
+    return True, finished_job is None and informational(training.get("status") or {}, update)
 
 
 def _child_behind(runtime: Runtime, key: Key, type: str | None,  # noqa: A002  (kopf's name)
-                  finished_job: Mapping[str, Any] | None) -> bool:
+                  finished_job: Mapping[str, Any] | None) -> Behind:
     """Whether a Job's or Pod's event (already in the view) calls for a status write: never for a finished
     Training; at the first listing, not for a Training not seen yet (its resume reads everything afresh);
     otherwise when the view differs from the status the Training's watch last showed."""
     if runtime.view.finished(key):
-        return False
+        return _NOT_BEHIND
     training = runtime.view.training(key)
     if training is None:
-        return type is not None  # not seen yet: read it (sync_status), except at the first listing
+        return type is not None, False  # not seen yet: read it (sync_status), except at the first listing
     if not (training.get("status") or {}).get("jobName"):
-        return False  # ignored until the status names the Job; the Training's event for that write checks
+        return _NOT_BEHIND  # ignored until the status names the Job; the Training's event for that write checks
     return _behind(runtime, key, training, finished_job, no_job=True)
+
+
+DEFER_LIMIT = 30.0
+"""Seconds the longest an informational status write waits while new Trainings wait for their Jobs."""
+
+
+def _follow(runtime: Runtime, key: Key, behind: Behind, finished_job: Mapping[str, Any] | None = None) -> None:
+    """Write the status the view calls for, or hold an informational write while Trainings wait for their
+    first handling: in a burst the Jobs are made first (each write is a request the API server serves
+    before the next Job, and an event the operator handles), and a held write is made once, with what the
+    view shows by then. Written when no Training waits (`_release`), or after `DEFER_LIMIT` at the latest."""
+    wanted, may_wait = behind
+    if not wanted:
+        return
+    if may_wait and runtime.view.handling():
+        runtime.deferred.hold(key, asyncio.get_running_loop().time())
+        return
+    runtime.deferred.drop(key)
+    _dispatch(runtime, key, finished_job)
+
+
+def _release(runtime: Runtime, everything: bool) -> None:
+    """The held writes that are due (all of them once no Training waits for its first handling)."""
+    if len(runtime.deferred):
+        for key in runtime.deferred.due(asyncio.get_running_loop().time(), DEFER_LIMIT, everything):
+            _dispatch(runtime, key)
+    held = runtime.held_events
+    while held and (everything or time.monotonic() - held[0][0] >= DEFER_LIMIT):
+        _, reference, message = held.popleft()
+        kopf.info(cast(kopf.Body, reference), reason=Reason.JOB_CREATED, message=message)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
@@ -715,8 +783,7 @@ async def job_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     runtime = _runtime(memo)
     key = runtime.view.child_seen("jobs", type, body)
     finished_job = _deleted_finished_job(body, type)
-    if _child_behind(runtime, key, type, finished_job):
-        _dispatch(runtime, key, finished_job)
+    _follow(runtime, key, _child_behind(runtime, key, type, finished_job), finished_job)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
@@ -724,8 +791,7 @@ async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     """The view follows the Pod; the status follows the view when they differ (async: in the event loop)."""
     runtime = _runtime(memo)
     key = runtime.view.child_seen("pods", type, body)
-    if _child_behind(runtime, key, type, None):
-        _dispatch(runtime, key)
+    _follow(runtime, key, _child_behind(runtime, key, type, None))
 
 
 # --- a Job that cannot make its Pod ------------------------------------------------------------
@@ -776,6 +842,7 @@ async def _refusal_checks(runtime: Runtime) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(min(delay, 5.0))
+        _release(runtime, everything=not runtime.view.handling())
         waiting = [key for key, training in runtime.view.active()
                    if _waiting_for_pod(training.get("status") or {}) and not runtime.view.children(key)[1]]
         for namespace, name in schedule.due(loop.time(), waiting):
@@ -958,8 +1025,10 @@ async def track(body: kopf.Body, type: str | None, uid: str | None, memo: Any, *
     runtime = _runtime(memo)
     key = runtime.view.training_seen(type, body)
     training = runtime.view.training(key)
-    if training is not None and _training_behind(runtime, key, training):
-        _dispatch(runtime, key)
+    if training is not None:
+        _follow(runtime, key, _training_behind(runtime, key, training))
+    if not runtime.view.handling():
+        _release(runtime, everything=True)
     if type == "DELETED" or (body.get("status") or {}).get("phase") in FINISHED:
         metrics.PROGRESS.forget(*key)
     if runtime.notifier is not None:
@@ -972,11 +1041,11 @@ async def track(body: kopf.Body, type: str | None, uid: str | None, memo: Any, *
         metrics.TRAININGS.observe(uid, body)
 
 
-def _training_behind(runtime: Runtime, key: Key, training: Mapping[str, Any]) -> bool:
+def _training_behind(runtime: Runtime, key: Key, training: Mapping[str, Any]) -> Behind:
     """Whether the Training's status, as its watch shows it now, is behind the view of its Job and Pods:
     after the write of its jobName (events that came before it were ignored), or when an event of its Job
     or Pod was checked against an older status than the one written since."""
     status = training.get("status") or {}
     if status.get("phase") in FINISHED or not status.get("jobName"):
-        return False
+        return _NOT_BEHIND
     return _behind(runtime, key, training, None, no_job=False)

@@ -420,3 +420,10 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
         (c["type"], c["status"], c["reason"], c["message"]) for c in patch["conditions"]] == [
         (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []]
     return None if unchanged else patch
+
+
+def informational(current: Mapping[str, Any], update: Mapping[str, Any]) -> bool:
+    """A status write that only says more about a wait: Pending before and after, no restart counted. In a
+    burst of new Trainings such writes wait for the Jobs to be made first (handlers, `Deferred`)."""
+    return (current.get("phase") == Phase.PENDING.value and update.get("phase") == Phase.PENDING.value
+            and update.get("restarts", current.get("restarts")) == current.get("restarts"))

@@ -86,12 +86,17 @@ class View:
         self._children: dict[str, dict[Key, dict[str, dict[str, Any]]]] = {"jobs": {}, "pods": {}}
         self._active: dict[Key, dict[str, Any]] = {}
         self._finished: set[Key] = set()
+        self._unhandled: set[Key] = set()  # seen with no status phase yet: no handler has run for them
 
     def training_seen(self, event_type: str | None, body: Mapping[str, Any]) -> Key:
         """A Training's watch event. A finished or deleted Training's Jobs and Pods are dropped."""
         key = training_key(body)
         phase = (body.get("status") or {}).get("phase")
         with self._lock:
+            if event_type == "DELETED" or phase or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self._unhandled.discard(key)
+            else:
+                self._unhandled.add(key)
             if event_type == "DELETED" or phase in FINISHED:
                 self._active.pop(key, None)
                 for children in self._children.values():
@@ -129,6 +134,11 @@ class View:
             return (list(self._children["jobs"].get(key, {}).values()),
                     list(self._children["pods"].get(key, {}).values()))
 
+    def handling(self) -> bool:
+        """Whether Trainings are waiting for their first handling (a burst of creations under way)."""
+        with self._lock:
+            return bool(self._unhandled)
+
     def finished(self, key: Key) -> bool:
         with self._lock:
             return key in self._finished
@@ -150,7 +160,7 @@ class View:
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
-            return {"active": len(self._active), "finished": len(self._finished),
+            return {"active": len(self._active), "finished": len(self._finished), "unhandled": len(self._unhandled),
                     **{kind: sum(map(len, found.values())) for kind, found in self._children.items()}}
 
 
@@ -180,6 +190,29 @@ class Coalescer:
             self._again.discard(key)
             self._running.discard(key)
             return True
+
+
+class Deferred:
+    """Trainings whose status write waits (for the event loop only: no lock), each since when it first did."""
+
+    def __init__(self) -> None:
+        self._since: dict[Key, float] = {}
+
+    def hold(self, key: Key, now: float) -> None:
+        self._since.setdefault(key, now)
+
+    def drop(self, key: Key) -> None:
+        self._since.pop(key, None)
+
+    def due(self, now: float, limit: float, everything: bool = False) -> list[Key]:
+        """The keys to write now (and no longer held): all of them, or those held `limit` seconds or more."""
+        found = [key for key, since in self._since.items() if everything or now - since >= limit]
+        for key in found:
+            del self._since[key]
+        return found
+
+    def __len__(self) -> int:
+        return len(self._since)
 
 
 class Schedule:

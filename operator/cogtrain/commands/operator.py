@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(
         verbose=args.verbose, debug=args.debug, quiet=args.quiet, log_format=kopf.LogFormat[args.log_format.upper()]
     )
+    if not (args.verbose or args.debug):
+        handlers.quiet_event_handlers()
     try:
         config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, ~/.kube/config, or in-cluster
     except config.ConfigException as error:
