@@ -80,3 +80,15 @@ def test_status_reads_the_driver_report_through_the_contract() -> None:
         "exitCode": 10, "message": DriverReport.failure(Reason.INPUT_REJECTED, "no").encode()}}}]}}
     assert status.explain_pod_failure(pod) == (Reason.INPUT_REJECTED, "no")
 
+
+
+def test_the_deepest_output_the_driver_passes_on_is_read() -> None:
+    from cogtrain.contract import OUTPUT_MAX_DEPTH
+    from cogtrain.jsonstream import MAX_DEPTH
+
+    assert OUTPUT_MAX_DEPTH == MAX_DEPTH
+    output: object = "s3://b/w.bin"
+    for _ in range(OUTPUT_MAX_DEPTH + 1):  # jsonstream takes containers at depths 0 to MAX_DEPTH
+        output = [output]
+    report = DriverReport.decode(DriverReport.success(output).encode())
+    assert report is not None and report.output == output
