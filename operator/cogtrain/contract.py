@@ -253,9 +253,16 @@ class DriverReport(BaseModel):
 
     @field_validator("reason", mode="before")
     @classmethod
-    def _known_reason(cls, value: Any) -> Any:
-        """A reason this operator does not know (another driver version) still reads as a failure."""
-        return value if value is None or value in Reason._value2member_map_ else Reason.DRIVER_FAILED
+    def _driver_reason(cls, value: Any) -> Any:
+        """A reason the driver does not end with (another driver version's, or one of the operator's own such as
+        Succeeded or OOMKilled) reads as the driver's failure: the report never decides what the cluster says."""
+        return value if value is None or (isinstance(value, str) and value in _DRIVER_REASONS) else Reason.DRIVER_FAILED
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_uri(cls, value: Any) -> Any:
+        """Weights that are not a URI are not believed: the operator takes them from the output instead."""
+        return value if is_uri(value) else None
 
     @classmethod
     def failure(cls, reason: Reason, message: str, logs: str | None = None,
@@ -298,6 +305,9 @@ class DriverReport(BaseModel):
             return cls.model_validate(value) if json_depth(value) <= REPORT_MAX_DEPTH else None
         except (ValueError, ValidationError, TypeError, RecursionError):
             return None
+
+
+_DRIVER_REASONS = frozenset(reason.value for reason in EXIT_CODES)
 
 
 def _json_float(text: str) -> float | None:
