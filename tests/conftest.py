@@ -6,7 +6,12 @@ also checks that every test is marked `unit` or `integration` (see pyproject.tom
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 
@@ -32,6 +37,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if wrong:
         raise pytest.UsageError("mark each test with exactly one of @pytest.mark.unit and @pytest.mark.integration "
                                 "(per test, or pytestmark per module):\n  " + "\n  ".join(wrong))
+
+
+class StartsSomething(AssertionError):
+    """A `unit` test started a server or a process: mark it `integration`."""
+
+
+def _refuse(what: str) -> Callable[..., NoReturn]:
+    def refuse(*_: object, **__: object) -> NoReturn:
+        raise StartsSomething(f"a unit test {what}: mark it @pytest.mark.integration")
+    return refuse
+
+
+@contextmanager
+def _starting_nothing() -> Iterator[None]:
+    """While a unit test (and the fixtures it asks for) runs: no process started or forked, no socket listening."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", _refuse("started a process"))
+        patch.setattr(socket.socket, "listen", _refuse("started a server"))
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                patch.setattr(os, name, _refuse(f"called os.{name}"))
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    with _starting_nothing():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    with _starting_nothing():
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -80,3 +80,41 @@ def test_status_reads_the_driver_report_through_the_contract() -> None:
         "exitCode": 10, "message": DriverReport.failure(Reason.INPUT_REJECTED, "no").encode()}}}]}}
     assert status.explain_pod_failure(pod) == (Reason.INPUT_REJECTED, "no")
 
+
+
+def test_the_deepest_output_the_driver_passes_on_is_read() -> None:
+    from cogtrain.contract import OUTPUT_MAX_DEPTH
+    from cogtrain.jsonstream import MAX_DEPTH
+
+    assert OUTPUT_MAX_DEPTH == MAX_DEPTH
+    output: object = "s3://b/w.bin"
+    for _ in range(OUTPUT_MAX_DEPTH + 1):  # jsonstream takes containers at depths 0 to MAX_DEPTH
+        output = [output]
+    report = DriverReport.decode(DriverReport.success(output).encode())
+    assert report is not None and report.output == output
+
+
+@pytest.mark.parametrize("claimed", [Reason.SUCCEEDED, Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.JOB_CREATED,
+                                     Reason.WEBHOOK_FAILED, Reason.TOO_MANY_RESTARTS, ["TrainingFailed"], 10])
+def test_a_report_claims_only_the_drivers_own_reasons(claimed: object) -> None:
+    """A failed report that names a reason the driver never ends with (one the operator gives from what the cluster
+    shows, or no string at all) reads as DriverFailed: the report never says the training succeeded, ran out of
+    memory or hit its deadline."""
+    message = json.dumps({"status": "failed", "reason": claimed, "message": "m"})
+    report = DriverReport.decode(message)
+    assert report is not None and report.reason is Reason.DRIVER_FAILED and report.message == "m"
+    pod = {"status": {"containerStatuses": [{"name": "driver", "state": {"terminated": {"exitCode": 10,
+                                                                                        "message": message}}}]}}
+    assert status.explain_pod_failure(pod) == (Reason.DRIVER_FAILED, "m")
+
+
+def test_every_reason_the_driver_ends_with_is_read_as_it_is() -> None:
+    for reason in EXIT_CODES:
+        report = DriverReport.decode(DriverReport.failure(reason, "m").encode())
+        assert report is not None and report.reason is reason
+
+
+@pytest.mark.parametrize("weights", ["not a uri", "a" * 3000, 7, {"uri": "s3://b/w"}, "s3://b/" + "w" * 2100])
+def test_weights_that_are_not_a_uri_are_not_believed(weights: object) -> None:
+    report = DriverReport.decode(json.dumps({"status": "succeeded", "output": "s3://b/w.bin", "weights": weights}))
+    assert report is not None and report.weights is None and report.output == "s3://b/w.bin"

@@ -4,6 +4,8 @@ the import contracts of .importlinter, and the lean driver (a training Pod never
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +38,33 @@ def test_import_contracts_are_kept() -> None:
     result = _run(str(BIN / "lint-imports"), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
+
+
+# What a pure module must not import directly, as its way to files, sockets, processes or the cluster: the standard
+# library's and the clients', and the operator's own modules that call the Kubernetes API or read files.
+IO_MODULES = ("os", "io", "pathlib", "glob", "socket", "ssl", "select", "selectors", "asyncio", "subprocess",
+              "shutil", "tempfile", "http", "urllib", "urllib3", "requests", "aiohttp", "boto3", "botocore",
+              "kubernetes", "kopf", "cogtrain.preflight", "cogtrain.pull_secrets", "cogtrain.access",
+              "cogtrain.certs", "cogtrain.documents", "cogtrain.credentials")
+
+
+@pytest.mark.parametrize("module", ["checks", "status", "contract"])
+def test_the_pure_contract_catches_each_way_to_do_io(tmp_path: Path, module: str) -> None:
+    """A pure module (the `pure` contract) that imports any of them breaks the contract: a copy of the package
+    with the imports added to one pure module, checked with the project's .importlinter."""
+    package = tmp_path / "cogtrain"
+    shutil.copytree(ROOT / "operator" / "cogtrain", package, ignore=shutil.ignore_patterns("__pycache__"))
+    source = package / f"{module}.py"
+    imports = "".join(f"from . import {name.removeprefix('cogtrain.')}  # noqa\n" if name.startswith("cogtrain.")
+                      else f"import {name}  # noqa\n" for name in IO_MODULES)
+    source.write_text(source.read_text().replace("from __future__ import annotations\n",
+                                                 "from __future__ import annotations\n" + imports, 1))
+    result = subprocess.run([str(BIN / "lint-imports"), "--no-cache", "--config", str(ROOT / ".importlinter")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0, result.stdout
+    missed = [name for name in IO_MODULES if f"cogtrain.{module} is not allowed to import {name}:" not in result.stdout]
+    assert not missed, result.stdout
 
 
 def test_the_driver_never_loads_the_kubernetes_client() -> None:

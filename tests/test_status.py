@@ -213,3 +213,32 @@ def test_a_restart_clears_the_progress_of_the_attempt_that_was_disrupted() -> No
 def test_informational_writes_are_pending_to_pending(current: dict[str, Any], update: dict[str, Any],
                                                      expected: bool) -> None:
     assert informational(current, update) is expected
+
+
+def _in_deep_stack(frames: int, call: object) -> object:
+    """`call()` below `frames` Python frames: the operator's handler runs under kopf's and asyncio's."""
+    return _in_deep_stack(frames - 1, call) if frames else call()  # type: ignore[operator]
+
+
+def _numbers(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _numbers(item)]
+    if isinstance(value, list):
+        return [n for item in value for n in _numbers(item)]
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+@pytest.mark.parametrize("output", [
+    "NaN", "[Infinity, -Infinity]", '{"loss": 1e999}', "1" * 400, "-" + "9" * 30, "[" * 900 + "]" * 900,
+])
+def test_a_succeeded_report_becomes_a_status_the_api_server_takes(output: str) -> None:
+    """Whatever numbers or nesting a report holds (Python's JSON reader takes NaN, 1e999 and 400-digit integers;
+    the driver passes a model's 400-digit integer on), the status written from it is JSON the API server stores
+    (int64 and finite float64 numbers only) and that the operator can encode deep in its handler's stack."""
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    message = '{"status": "succeeded", "output": ' + output + "}"
+    observation = observe(job, [pod("Succeeded", {"terminated": {"exitCode": 0, "message": message}})])
+    patch = advance({"phase": "Running"}, observation, 1, NOW)
+    assert patch is not None
+    _in_deep_stack(100, lambda: json.dumps(patch, allow_nan=False))
+    assert all(isinstance(n, float) or -2**63 <= n < 2**63 for n in _numbers(patch)), _numbers(patch)

@@ -10,6 +10,7 @@ of I/O and of imports beyond the standard library and pydantic.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 8192
 # The kubelet keeps at most this many bytes of a termination message (and only the tail of more).
 TERMINATION_LIMIT = 4096
+# How deep the model's output may nest (the driver refuses deeper, jsonstream.MAX_DEPTH); a report, which holds
+# it in an object, may nest two levels more. Deeper, Python's JSON encoder and deepcopy recurse past their limit.
+OUTPUT_MAX_DEPTH = 64
+REPORT_MAX_DEPTH = OUTPUT_MAX_DEPTH + 2
+# What a JSON number in a status may be: the API server stores an int64 or a float64 and refuses the rest.
+_INT64 = 2**63
 
 
 S3_KEY_BYTES = 1024
@@ -246,9 +253,16 @@ class DriverReport(BaseModel):
 
     @field_validator("reason", mode="before")
     @classmethod
-    def _known_reason(cls, value: Any) -> Any:
-        """A reason this operator does not know (another driver version) still reads as a failure."""
-        return value if value is None or value in Reason._value2member_map_ else Reason.DRIVER_FAILED
+    def _driver_reason(cls, value: Any) -> Any:
+        """A reason the driver does not end with (another driver version's, or one of the operator's own such as
+        Succeeded or OOMKilled) reads as the driver's failure: the report never decides what the cluster says."""
+        return value if value is None or (isinstance(value, str) and value in _DRIVER_REASONS) else Reason.DRIVER_FAILED
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_uri(cls, value: Any) -> Any:
+        """Weights that are not a URI are not believed: the operator takes them from the output instead."""
+        return value if is_uri(value) else None
 
     @classmethod
     def failure(cls, reason: Reason, message: str, logs: str | None = None,
@@ -287,9 +301,42 @@ class DriverReport(BaseModel):
         if not message:
             return None
         try:
-            return cls.model_validate(json.loads(message))
+            value = json.loads(message, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+            return cls.model_validate(value) if json_depth(value) <= REPORT_MAX_DEPTH else None
         except (ValueError, ValidationError, TypeError, RecursionError):
             return None
+
+
+_DRIVER_REASONS = frozenset(reason.value for reason in EXIT_CODES)
+
+
+def _json_float(text: str) -> float | None:
+    """A JSON number as a status can hold it: a finite float64, else null (as the driver writes NaN)."""
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _json_int(text: str) -> int | float | None:
+    """An integer beyond int64 is a float64 (as the API server stores it), or null beyond that."""
+    if len(text.lstrip("-")) <= 19 and -_INT64 <= (number := int(text)) < _INT64:
+        return number
+    return _json_float(text)
+
+
+def _json_constant(text: str) -> None:
+    """NaN and ±Infinity, which Python's JSON reader accepts and no JSON document may hold: null."""
+    return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar 0, [] 1, [[]] 2), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def cut_to_bytes(text: str, limit: int, json_escaped: bool = False, marker: str = "…") -> str:
@@ -310,23 +357,24 @@ def cut_to_bytes(text: str, limit: int, json_escaped: bool = False, marker: str 
     return text[:low] + marker if size(text[:low] + marker) <= limit else ""
 
 
+def is_uri(value: Any) -> bool:
+    """A string that names a stored file (scheme://...), of at most 2048 characters."""
+    return isinstance(value, str) and "://" in value[:64] and len(value) <= 2048
+
+
 def weights_of(output: Any) -> str | None:
     """The weights' URI: the output when it is one file, else its `weights` field, else its only file.
 
     Only URIs count: a model that returns a plain string has no weights file.
     """
-
-    def uri(value: Any) -> bool:
-        return isinstance(value, str) and "://" in value[:64] and len(value) <= 2048
-
-    if uri(output):
+    if is_uri(output):
         return str(output)
     if isinstance(output, Mapping):
         weights = output.get("weights")
-        if uri(weights):
+        if is_uri(weights):
             return str(weights)
-        files = [v for k, v in output.items() if k != "$ref" and uri(v)]
+        files = [v for k, v in output.items() if k != "$ref" and is_uri(v)]
         return str(files[0]) if len(files) == 1 else None
-    if isinstance(output, list) and len(output) == 1 and uri(output[0]):
+    if isinstance(output, list) and len(output) == 1 and is_uri(output[0]):
         return str(output[0])
     return None
