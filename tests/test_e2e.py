@@ -353,6 +353,28 @@ def test_the_hello_train_example_runs_from_kubectl_apply_to_weights(api: client.
     assert wide[0].split()[-1] == "ERROR"
 
 
+def test_a_training_with_large_inputs_applied_by_kubectl_runs_and_can_be_canceled(
+        api: client.ApiClient, kubectl: Kubectl, images: dict[str, str], namespace: str) -> None:
+    """A 125 KB input is allowed (one environment variable holds 128 KiB). kubectl apply keeps the whole manifest
+    in an annotation; kopf's diff-base is kept in the status: as another annotation, the two together passed the
+    256 KiB an object's annotations may hold, and the API server refused the operator's every patch of it."""
+    param = "x" * 125_000
+    manifest = training_manifest("large", images["hello-train"], {"param": param}, "pvc://trainings/large")
+    manifest["metadata"]["annotations"] = {"example.com/note": "n" * 8_000}
+    manifest["spec"]["suspend"] = True  # it waits: the cancel below is an edit kopf must tell from a creation
+    kubectl.apply(manifest, "-n", namespace)
+    training = wait_for("the Job named in the status", lambda: (
+        (t := read_training(api, namespace, "large")).get("status") or {}).get("jobName") and t, timeout=60)
+    annotations = training["metadata"].get("annotations") or {}
+    assert len(annotations["kubectl.kubernetes.io/last-applied-configuration"]) > 125_000
+    assert not [key for key in annotations if key.startswith("cog.run/")], "no copy of the spec in an annotation"
+    assert param in training["status"]["kopf"]["last-handled-configuration"]
+    patch(kubectl, namespace, "large", {"cancel": True})
+    canceled = wait_phase(api, namespace, "large", "Canceled", timeout=30)
+    assert condition(canceled, "Ready")["reason"] == "Canceled"
+    wait_for("the Job to go", lambda: not jobs_of(api, namespace, "large"), timeout=30)
+
+
 def test_tiny_lm_trains_a_few_steps_on_the_cluster(api: client.ApiClient, kubectl: Kubectl, images: dict[str, str],
                                                    new_namespace: Callable[..., str]) -> None:
     namespace = new_namespace(claims=("weights",))
