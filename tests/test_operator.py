@@ -478,6 +478,19 @@ def test_event_handler_successes_are_not_logged(operator: RunningOperator, clust
         kopf_objects.filters[:] = before
 
 
+@pytest.mark.integration
+def test_only_the_operators_own_jobs_and_pods_are_listed_and_watched(kube: KubeAPI, operator: RunningOperator,
+                                                                     cluster: Cluster, registries: Registries) -> None:
+    """Selected by the API server: in a cluster, every other Pod was sent to the operator and dropped there."""
+    cluster.create_training("own", spec(registries))
+    cluster.job("own")
+    asked = [(verb, plural, selector) for verb, plural, selector in kube.emulator.selectors if plural in ("jobs", "pods")]
+    watches = {(plural, selector) for verb, plural, selector in asked if verb == "watch"}  # only operators watch here
+    assert watches == {("jobs", "app.kubernetes.io/managed-by=cog-training-operator"),
+                       ("pods", "app.kubernetes.io/managed-by=cog-training-operator")}
+    assert not [entry for entry in asked if not entry[2]], "no unselected list or watch of Jobs or Pods"
+
+
 # --- the command users run -----------------------------------------------------------------------
 
 

@@ -182,6 +182,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # response decoded at once, and a kopf worker lets its object go after 1 s idle rather than 5, so the
     # bodies of objects already handled do not pile up while the rest is still being listed.
     settings.watching.chunk_size = 500
+    # Only the operator's own Jobs and Pods are listed and watched, selected by the API server: the `labels=`
+    # of the handlers filter in the operator, after every other Pod of the cluster was sent and decoded.
+    for group, plural in (("batch", "jobs"), ("", "pods")):
+        settings.watching.label_selectors[(group, "v1", plural)] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.queueing.idle_timeout = 1.0
     settings.execution.default_backoff = 5  # a failed API call is retried in seconds, not a minute
     # A killed instance stays in the peering object for its lifetime, and an instance restarted with

@@ -160,6 +160,7 @@ class ClusterEmulator(Scaffold):
     _watch_epoch: int = attrs.field(default=0)
     loop: Any = attrs.field(default=None)
     observers: list[Any] = attrs.field(factory=list)  # called with (key, kind, object) at every change
+    selectors: list[tuple[str, str, str]] = attrs.field(factory=list)  # (verb, plural, labelSelector) of lists/watches
     # Answers SubjectAccessReviews: called with the review's spec; tests replace it to deny. A real
     # API server decides by RBAC; the emulator allows everything unless told otherwise.
     authorize: Any = attrs.field(default=lambda spec: True)
@@ -306,12 +307,14 @@ class ClusterEmulator(Scaffold):
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         await self._gate(request)
         self._info(request)
+        self.selectors.append(("list", request.resource.plural, request.params.get("labelSelector", "")))
         items = [copy.deepcopy(obj) for key, obj in self.store.items() if self._selected(request, key, obj)]
         revision = str(self.history[-1][0] if self.history else 0)
         return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": revision}, "items": items}
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         await self._gate(request)
+        self.selectors.append(("watch", request.resource.plural, request.params.get("labelSelector", "")))
         yield b""
         since = request.params.get("resourceVersion")
         timeout = float(request.params.get("timeoutSeconds") or 3600)
