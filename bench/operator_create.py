@@ -27,13 +27,13 @@ its Job's create answered. Requests are counted there too, per client identity. 
 3. Requests per Training over a lifecycle and watches opened, at each size.
 
 Last measured (docs/operator.md, "Scale", has the table and what changed), `--sizes 1000 --existing 5000 --new 100`
-on 2 cores: 1,000 at once, create -> Job p99 25.1 s against the bare client's 9.4 s (2.67x, target 1.5x: missed;
-before 3.36x), 9.5 requests per Training (before 25.7); restart over 5,000 finished -> first new Job 19.3 s (before:
-none within 240 s); peak RSS 226 MB over 5,000 (before 814 MB). Who is the bottleneck: in a burst the two shared
-cores (67 core-s of 67 available: the API server 37.7 CPU-s for the operator's 1,000 against 16.9 for the bare
-client's, the operator 20.6 against 4.6, its event loop following the Training, Job and Pod watches); at a restart
-the operator's own CPU (kopf's per-object processing of 15,000 listed objects, 21 CPU-s, no request for a finished
-Training).
+on 2 cores, 2026-12-04 evening: 1,000 at once, create -> Job p99 21.4 s against the bare client's 17.4 s (1.23x,
+target 1.5x: met; 1.33x and 1.21x in two more runs; 2.67x before the last changes), 8.1 requests per Training;
+restart over 5,000 finished -> first new Job 34.9 s (target 30 s: missed; 33.9 s in another run, 19.3 s in the
+morning's); peak RSS 213 MB over 5,000. Who is the bottleneck: in a burst the two shared cores (61 core-s of 61
+available; the API server 30.3 CPU-s for the operator's 1,000 against 31.0 for the bare client's, the operator 21.5
+against 8.8, its event loop following the Training, Job and Pod watches); at a restart the operator's own CPU
+(36.5 CPU-s: decoding the listed pages, kopf's per-object processing of 15,000 listed objects).
 
 Run: .venv/bin/python bench/operator_create.py [--sizes 200,1000] [--existing 5000] [--new 100]
      .venv/bin/python bench/operator_create.py --sizes 50 --existing 300 --new 20      (a quick check)
