@@ -743,7 +743,6 @@ def test_notes_name_the_deployment() -> None:
 
 NAMESPACE_RULES = {
     ("cog.run", "trainings", "get"), ("cog.run", "trainings", "list"), ("cog.run", "trainings", "watch"),
-    ("cog.run", "trainings", "patch"),
     ("cog.run", "trainings/status", "patch"),
     ("batch", "jobs", "get"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("batch", "jobs", "create"),
     ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),

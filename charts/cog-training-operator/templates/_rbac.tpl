@@ -10,11 +10,11 @@ Each template takes the chart's root context and renders a YAML list of PolicyRu
 */}}
 
 {{- define "cogtrain.rbac.namespaceRules" -}}
-# The Trainings: watched, read before a conditional status write, kopf's annotations patched,
-# status written through the status subresource.
+# The Trainings: watched, read before a conditional status write; never patched themselves: the status,
+# kopf's progress and its diff-base are written through the status subresource.
 - apiGroups: ["cog.run"]
   resources: ["trainings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["cog.run"]
   resources: ["trainings/status"]
   verbs: ["patch"]
