@@ -230,7 +230,7 @@ def test_the_chart_is_installed_and_the_operator_runs_under_its_service_account(
     assert json.loads(whoami)["status"]["userInfo"]["username"] == account
     # What the chart's ClusterRole grants, and what it does not.
     for verb, resource, where, allowed in (("create", "jobs.batch", "default", "yes"),
-                                           ("patch", "trainings.cog.run/status", "default", "yes"),
+                                           ("patch", "trainings.cog.run", "default", "no"),  # only its status
                                            ("create", "pods", "default", "no"),
                                            ("get", "secrets", "kube-system", "yes"),
                                            ("delete", "secrets", "kube-system", "no"),
@@ -239,6 +239,8 @@ def test_the_chart_is_installed_and_the_operator_runs_under_its_service_account(
         assert as_operator.run(*args, check=False).stdout.strip() == allowed, (verb, resource, where)
     assert as_operator.run("auth", "can-i", "get", "pods", "--subresource=log", "-n", "default",
                            check=False).stdout.strip() == "yes", "the driver's log, for a training's progress"
+    assert as_operator.run("auth", "can-i", "patch", "trainings.cog.run", "--subresource=status", "-n", "default",
+                           check=False).stdout.strip() == "yes", "the status, kopf's progress and diff-base"
     # The operator kept the TLS Secret made for it (it serves the Service's names) and wrote its CA into both
     # webhooks of the configuration, which the chart renders without a caBundle.
     configuration = json.loads(kubectl.run("get", "validatingwebhookconfiguration", FULLNAME, "-o", "json").stdout)
