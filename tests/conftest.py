@@ -61,20 +61,22 @@ def _starting_nothing() -> Iterator[None]:
         yield
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """A unit test's phase, its fixtures' setup included, with starting processes and servers refused."""
     if item.get_closest_marker("unit") is None:
         return (yield)
     with _starting_nothing():
         return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    if item.get_closest_marker("unit") is None:
-        return (yield)
-    with _starting_nothing():
-        return (yield)
+    return (yield from _guarded(item))
 
 
 @pytest.fixture(scope="session")
