@@ -411,6 +411,18 @@ def test_each_webhook_prints_only_the_logs_new_part_in_bounded_pieces(tmp_path: 
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("late", ["processing", "starting", "succeeded"])
+def test_a_webhook_that_arrives_after_the_training_ended_changes_nothing(tmp_path: Path, late: str) -> None:
+    """Cog 0.23's coglet sends webhooks from concurrent tasks, so a "processing" one can arrive after "failed"; the
+    failed training stayed failed only if the late one is ignored (it once made the driver store no weights)."""
+    inbox = Inbox(tmp_path, io.StringIO(), io.StringIO())
+    inbox.webhook(_Body(_webhook(status="failed", error="ValueError: bad")).read)
+    inbox.webhook(_Body(_webhook(status=late, output="w", logs="late")).read)
+    assert inbox.state.done.is_set()
+    assert (inbox.state.status, inbox.state.error, inbox.state.output) == ("failed", "ValueError: bad", None)
+
+
+@pytest.mark.unit
 def test_a_data_url_in_the_output_is_decoded_to_a_file_as_it_arrives(tmp_path: Path) -> None:
     weights = bytes(range(256)) * 4099
     url = "data:application/octet-stream;base64," + base64.b64encode(weights).decode()

@@ -643,9 +643,13 @@ class Inbox:
             state.metrics = merged if len(merged) <= MAX_METRICS else dict(metrics)
             if self.on_metrics is not None:
                 self.on_metrics(state.metrics)
+        if state.done.is_set():  # the training has ended: a late webhook (Cog sends some out of order) changes nothing
+            for spool in spools:
+                spool.discard()
+            return
         if isinstance(status, str) and status:
             state.status = status
-        if status not in TERMINAL or state.done.is_set():  # an earlier output, or a repeated completion
+        if status not in TERMINAL:  # an earlier output
             for spool in spools:
                 spool.discard()
             return
@@ -1044,6 +1048,9 @@ class Driver:
                 raise DriverError(
                     Reason.TRAINING_FAILED, f"the model's training failed: {cog_error(state.error)}"
                 )
+            if state.status != "succeeded":
+                raise DriverError(Reason.TRAINING_FAILED,
+                                  f"the model server ended the training with the status {state.status!r}, not succeeded")
             return self._store(state.output, receiver)
         finally:
             receiver.finish()
