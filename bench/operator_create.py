@@ -27,13 +27,14 @@ its Job's create answered. Requests are counted there too, per client identity. 
 3. Requests per Training over a lifecycle and watches opened, at each size.
 
 Last measured (docs/operator.md, "Scale", has the table and what changed), `--sizes 1000 --existing 5000 --new 100`
-on 2 cores, 2026-12-04 evening: 1,000 at once, create -> Job p99 21.4 s against the bare client's 17.4 s (1.23x,
-target 1.5x: met; 1.33x and 1.21x in two more runs; 2.67x before the last changes), 8.1 requests per Training;
-restart over 5,000 finished -> first new Job 34.9 s (target 30 s: missed; 33.9 s in another run, 19.3 s in the
-morning's); peak RSS 213 MB over 5,000. Who is the bottleneck: in a burst the two shared cores (61 core-s of 61
-available; the API server 30.3 CPU-s for the operator's 1,000 against 31.0 for the bare client's, the operator 21.5
-against 8.8, its event loop following the Training, Job and Pod watches); at a restart the operator's own CPU
-(36.5 CPU-s: decoding the listed pages, kopf's per-object processing of 15,000 listed objects).
+on 2 cores, 2026-12-04 23:47 UTC: 1,000 at once, create -> Job p99 12.5 s against the bare client's 11.8 s (1.06x,
+target 1.5x: met; 1.33x, 1.21x and 1.23x in earlier runs of this code; 2.67x before the last changes), 8.0
+requests per Training; restart over 5,000 finished -> first new Job 20.5 s (target 30 s: met; 20.1 s and 22.4 s in
+two runs of part 2 alone; 33.9 s and 34.9 s in two earlier runs, cause not established); peak RSS
+226 MB over 5,000. Who is the bottleneck: in a burst the two shared cores (40 core-s of 40 available; the API
+server 20.1 CPU-s for either client's 1,000, the operator 13.5 against the bare client's 5.5, its event loop
+following the Training, Job and Pod watches); at a restart the operator's own CPU (22 CPU-s: kopf's per-object
+processing of 15,000 listed objects, decoding the listed pages).
 
 Run: .venv/bin/python bench/operator_create.py [--sizes 200,1000] [--existing 5000] [--new 100]
      .venv/bin/python bench/operator_create.py --sizes 50 --existing 300 --new 20      (a quick check)
