@@ -242,3 +242,31 @@ def test_a_succeeded_report_becomes_a_status_the_api_server_takes(output: str) -
     assert patch is not None
     _in_deep_stack(100, lambda: json.dumps(patch, allow_nan=False))
     assert all(isinstance(n, float) or -2**63 <= n < 2**63 for n in _numbers(patch)), _numbers(patch)
+
+
+def _evicted(i: int) -> dict[str, Any]:
+    stamp = f"2026-11-27T10:{i:02d}:30Z"
+    return {"metadata": {"name": f"p{i:02d}", "uid": f"u{i:02d}", "creationTimestamp": stamp},
+            "spec": {"nodeName": "gpu-1"},
+            "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                                          "reason": "EvictionByEvictionAPI", "lastTransitionTime": stamp}]}}
+
+
+def test_disruptions_past_those_kept_in_the_status_are_not_counted_again() -> None:
+    """The status keeps the last 10 disruptions, but the Job keeps every disrupted Pod: one dropped from the
+    status must not count again on the next sync (each recount is a write, whose event syncs again)."""
+    status: dict[str, Any] = {"phase": "Running", "jobName": "j"}
+    restarting = Observation(Phase.PENDING, Reason.RESTARTING, "starting again")
+    pods = []
+    for i in range(12):
+        pods.append(_evicted(i))
+        patch = advance(status, restarting, 1, NOW, disruptions_of(pods), max_restarts=50)
+        assert patch is not None
+        status = {**status, **patch}
+        assert status["restarts"] == i + 1
+    assert len(status["disruptions"]) == 10 and status["disruptions"][-1]["pod"] == "p11"
+    for _ in range(3):
+        assert advance(status, restarting, 1, LATER, disruptions_of(pods), max_restarts=50) is None
+    pods.append(_evicted(12))
+    patch = advance(status, restarting, 1, LATER, disruptions_of(pods), max_restarts=50)
+    assert patch is not None and patch["restarts"] == 13 and patch["disruptions"][-1]["pod"] == "p12"

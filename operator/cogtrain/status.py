@@ -273,12 +273,20 @@ def describe_disruption(disruption: Mapping[str, Any]) -> str:
 def count_disruptions(
     current: Mapping[str, Any], seen: Iterable[Mapping[str, Any]]
 ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(restarts, the disruptions to keep in status, the new ones) after `seen` (by Pod uid, each once)."""
+    """(restarts, the disruptions to keep in status, the new ones) after `seen` (by Pod uid, each once).
+
+    The status keeps only the last MAX_DISRUPTIONS_KEPT, oldest first, but the Job keeps every disrupted Pod:
+    once the list is full, one older than all it keeps is one dropped from it, counted already."""
     kept = [dict(d) for d in current.get("disruptions") or [] if isinstance(d, Mapping)]
     known = {d.get("uid") for d in kept}
-    new = [dict(d) for d in seen if d.get("uid") not in known]
+    floor = min(map(_order, kept)) if len(kept) >= MAX_DISRUPTIONS_KEPT else None
+    new = [dict(d) for d in seen if d.get("uid") not in known and (floor is None or _order(d) > floor)]
     restarts = int(current.get("restarts") or 0) + len(new)
-    return restarts, (kept + new)[-MAX_DISRUPTIONS_KEPT:], new
+    return restarts, sorted(kept + new, key=_order)[-MAX_DISRUPTIONS_KEPT:], new
+
+
+def _order(disruption: Mapping[str, Any]) -> tuple[str, str]:
+    return str(disruption.get("time") or ""), str(disruption.get("pod") or "")
 
 
 # --- status -----------------------------------------------------------------------------------
