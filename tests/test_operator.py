@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import kopf
 import kubernetes_validate
 import pytest
 
@@ -692,3 +693,41 @@ def test_an_edit_to_a_finished_training_is_observed_and_changes_nothing(
     after = cluster.status("done")
     assert (after["phase"], after["weights"], after["completionTime"]) == (
         "Succeeded", before["weights"], before["completionTime"])
+
+
+@pytest.mark.integration
+def test_a_disruption_seen_between_a_cancel_and_its_handling_ends_canceled(
+        kube: KubeAPI, runtime: Runtime, cluster: Cluster, registries: Registries) -> None:
+    """The status writers (their own threads) may see an eviction after spec.cancel was set and before kopf's cancel
+    handler ran (here: with the operator down in between). A cancel ends Canceled: no restart is counted, and the
+    last restart allowed does not fail the Training with TooManyRestarts (whose status the cancel handler then
+    sees as final)."""
+    from cogtrain.handlers import _reader, sync_status
+
+    first = RunningOperator(kube, runtime).start()
+    try:
+        cluster.create_training("race", spec(registries, maxRestarts=0))
+        job = cluster.job("race")
+        pod = cluster.start_pod(job)
+        cluster.run_pod(pod)
+        cluster.wait_phase("race", "Running")
+    finally:
+        first.stop()
+    cluster.patch_training("race", {"spec": {"cancel": True}})
+    cluster.set_pod_status(pod, {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+         "message": "Eviction API: evicting", "lastTransitionTime": "2026-11-27T10:10:00Z"}]})
+    with pytest.MonkeyPatch.context() as patched:  # no kopf to post Events through: the operator is down
+        posted: list[str] = []
+        patched.setattr(kopf, "info", lambda *_, reason, **__: posted.append(reason))
+        patched.setattr(kopf, "warn", lambda *_, reason, **__: posted.append(reason))
+        sync_status(runtime, cluster.namespace, "race", _reader(runtime, cluster.namespace, "race", job["metadata"]["name"]))
+    assert posted == []
+    assert cluster.status("race")["phase"] == "Running", "the cancel handler decides"
+    second = RunningOperator(kube, runtime).start()
+    try:
+        status = cluster.wait_phase("race", "Canceled")
+        assert not status.get("restarts")
+        assert not any(e["reason"] == "Restarted" for e in cluster.events("race"))
+    finally:
+        second.stop()

@@ -270,3 +270,16 @@ def test_disruptions_past_those_kept_in_the_status_are_not_counted_again() -> No
     pods.append(_evicted(12))
     patch = advance(status, restarting, 1, LATER, disruptions_of(pods), max_restarts=50)
     assert patch is not None and patch["restarts"] == 13 and patch["disruptions"][-1]["pod"] == "p12"
+
+
+def test_a_canceling_training_counts_no_restart_and_is_not_failed_for_its_restarts() -> None:
+    """The cancel handler ends it Canceled; a disruption seen before it ran (its Pod evicted, or the last restart
+    allowed) must not be written first: a Failed status would be final, and the cancel would find it so."""
+    current = {"phase": "Running", "jobName": "j", "restarts": 1,
+               "disruptions": [{"pod": "p1", "uid": "u1", "node": "gpu-1", "reason": "PreemptionByScheduler"}]}
+    second = _pod("p2", "u22", "Failed", "EvictionByEvictionAPI")
+    observation = observe(JOB, [second])
+    assert advance(current, observation, 1, NOW, disruptions_of([second]), max_restarts=1) is not None
+    assert advance(current, observation, 1, NOW, disruptions_of([second]), max_restarts=1, canceling=True) is None
+    done = Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "the training succeeded")
+    assert advance(current, done, 1, NOW, canceling=True) is None

@@ -579,10 +579,11 @@ def _observe(training: Mapping[str, Any], job: Mapping[str, Any],
 
 def _advance(runtime: Runtime, training: Mapping[str, Any], observation: Observation,
              owned: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """`advance` for this Training: its status, generation, restart limit and spec.suspend."""
-    spec = training.get("spec") or {}
-    return advance(training.get("status") or {}, observation, (training.get("metadata") or {}).get("generation"),
-                   runtime.now(), disruptions_of(owned), int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")))
+    """`advance` for this Training: its status, generation, restart limit, spec.suspend and spec.cancel."""
+    spec, meta = training.get("spec") or {}, training.get("metadata") or {}
+    return advance(training.get("status") or {}, observation, meta.get("generation"), runtime.now(),
+                   disruptions_of(owned), int(spec.get("maxRestarts", 3)), bool(spec.get("suspend")),
+                   canceling=spec.get("cancel") is True or bool(meta.get("deletionTimestamp")))
 
 
 def _without_job(runtime: Runtime, namespace: str, training: Mapping[str, Any]) -> Observation | None:

@@ -367,17 +367,20 @@ def status_patch(phase: Phase, reason: Reason, message: str, generation: int | N
 
 def advance(current: Mapping[str, Any] | None, observation: Observation, generation: int | None,
             now: datetime, disruptions: Iterable[Mapping[str, Any]] = (),
-            max_restarts: int | None = None, user_suspended: bool = False) -> dict[str, Any] | None:
+            max_restarts: int | None = None, user_suspended: bool = False,
+            canceling: bool = False) -> dict[str, Any] | None:
     """The status patch that moves `current` to what was observed, or None when nothing changes.
 
     Finished (Succeeded, Failed, Canceled) is final; Running only goes back to Pending when the
     Job is suspended, retried or restarted after a disruption; the start time is kept from the
     first time it was seen. Each disrupted Pod (and each suspension by the Job's queue while it
-    ran) counts one restart; more than `max_restarts` fails the training.
+    ran) counts one restart; more than `max_restarts` fails the training. A Training `canceling`
+    (spec.cancel, or being deleted) changes nothing here: the cancel ends it Canceled, whatever its
+    Job and Pods show meanwhile (its Pod stopped, evicted, or past its restarts).
     """
     current = dict(current or {})
     phase = Phase(current["phase"]) if current.get("phase") in Phase._value2member_map_ else None
-    if phase in TERMINAL:
+    if phase in TERMINAL or canceling:
         return None
     new = observation.phase
     if phase is Phase.RUNNING and observation.reason is Reason.SUSPENDED and not user_suspended:
