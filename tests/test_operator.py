@@ -731,3 +731,18 @@ def test_a_disruption_seen_between_a_cancel_and_its_handling_ends_canceled(
         assert not any(e["reason"] == "Restarted" for e in cluster.events("race"))
     finally:
         second.stop()
+
+
+@pytest.mark.integration
+def test_a_training_created_with_a_garbage_diff_base_annotation_is_handled(
+        operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    """The legacy diff-base annotation is the creator's to write: garbage in it must not stop kopf handling the
+    Training (no Job, no status, no cancel, for good; and, never handled, it holds every Training's waits back)."""
+    body = spec(registries)
+    training = {"apiVersion": "cog.run/v1alpha1", "kind": "Training",
+                "metadata": {"name": "forged", "namespace": cluster.namespace,
+                             "annotations": {"cog.run/last-handled-configuration": "{garbage"}}, "spec": body}
+    cluster.kube.custom.create_namespaced_custom_object("cog.run", "v1alpha1", cluster.namespace, "trainings", training)
+    assert cluster.wait_phase("forged", "Pending")["jobName"] == cluster.job("forged")["metadata"]["name"]
+    cluster.patch_training("forged", {"spec": {"cancel": True}})
+    cluster.wait_phase("forged", "Canceled")

@@ -60,3 +60,16 @@ def test_a_training_from_before_reads_its_annotation() -> None:
     legacy.store(body=body, patch=patch, essence=legacy.build(body=body))
     old = kopf.Body({**body, "metadata": {**body["metadata"], "annotations": dict(patch["metadata"]["annotations"])}})
     assert DiffBase().fetch(body=old) == DiffBase().build(body=old) == {"spec": SPEC, "metadata": {"labels": {"team": "a"}}}
+
+
+@pytest.mark.parametrize("stored", ["{garbage", "[1, 2]", '"text"', "null", {"spec": {}}, 7])
+def test_a_diff_base_that_is_not_an_essence_is_none(stored: Any) -> None:
+    """Anything but a JSON object is no diff-base (kopf then handles the Training as new, and it adopts its Job):
+    raising instead stops kopf handling the Training at all, a cancel included."""
+    body = kopf.Body({"metadata": {"name": "t"}, "spec": SPEC,
+                      "status": {"phase": "Running", "kopf": {"last-handled-configuration": stored}}})
+    assert DiffBase().fetch(body=body) is None
+    legacy = kopf.Body({"metadata": {"name": "t", "annotations": {"cog.run/last-handled-configuration": stored}},
+                        "spec": SPEC, "status": {"phase": "Running"}})
+    assert DiffBase().fetch(body=legacy) is None
+

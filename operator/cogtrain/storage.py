@@ -16,7 +16,7 @@ body first, status and managedFields included, then dropping them: a fifth of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -44,4 +44,15 @@ class DiffBase(kopf.StatusDiffBaseStorage):
         return essence
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return super().fetch(body=body) or self._legacy.fetch(body=body)
+        """The stored essence; None for anything but a JSON object: kopf raising here leaves the Training unhandled
+        for good, its cancel included (the annotation is anyone's to write who creates a Training); with none,
+        kopf handles it as new, and its Job, if it has one, is adopted."""
+        return _essence(super().fetch, body) or _essence(self._legacy.fetch, body)
+
+
+def _essence(fetch: Callable[..., kopf.BodyEssence | None], body: kopf.Body) -> kopf.BodyEssence | None:
+    try:
+        found = fetch(body=body)
+    except (ValueError, TypeError):
+        return None
+    return found if isinstance(found, Mapping) and found else None
