@@ -283,3 +283,19 @@ def test_a_canceling_training_counts_no_restart_and_is_not_failed_for_its_restar
     assert advance(current, observation, 1, NOW, disruptions_of([second]), max_restarts=1, canceling=True) is None
     done = Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "the training succeeded")
     assert advance(current, done, 1, NOW, canceling=True) is None
+
+
+def test_the_replacement_of_a_disrupted_pod_says_what_holds_it() -> None:
+    """The disrupted Pod stays in view until the Training ends (view: it may be gone before its restart is counted),
+    so the replacement's own wait must still show: a drained GPU pool leaves it unschedulable, maybe for hours."""
+    evicted = _pod("p1", "u1", "Failed", "EvictionByEvictionAPI")
+    unschedulable = {**_pod("p2", "u22", "Pending"), "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}}
+    observation = observe(JOB, [evicted, unschedulable])
+    assert (observation.reason, observation.message) == (
+        Reason.UNSCHEDULABLE, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
+    running = {"phase": "Running", "jobName": "j", "startTime": "2026-11-27T10:00:05Z", "conditions": []}
+    patch = advance(running, observation, 1, NOW, disruptions_of([evicted, unschedulable]), max_restarts=3)
+    assert patch is not None and patch["phase"] == "Pending" and patch["restarts"] == 1
+    assert observe(JOB, [evicted, _pod("p2", "u22", "Pending")]).reason is Reason.RESTARTING

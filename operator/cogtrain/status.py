@@ -175,37 +175,46 @@ def observe(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]],
     pod = _newest(p for p in pods if p not in failed_pods and p not in disrupted) or None
     if disrupted and (pod is None or not _driver_running(pod)):
         last = _disruption(_newest(disrupted) or {}) or {}
-        return Observation(Phase.PENDING, Reason.RESTARTING,
-                           f"starting again after a disruption: {describe_disruption(last)}", start)
+        return (_held(pod) if pod is not None else None) or Observation(
+            Phase.PENDING, Reason.RESTARTING, f"starting again after a disruption: {describe_disruption(last)}", start)
     if pod is None:
         if failed_pods:
             why, message = explain_pod_failure(_newest(failed_pods) or {})
             return Observation(Phase.PENDING, Reason.RETRYING, f"retrying after a failed attempt: {message}", start)
         return Observation(Phase.PENDING, Reason.JOB_CREATED, "waiting for the training Pod to be created")
     status = pod.get("status") or {}
-    scheduled = _conditions(pod).get("PodScheduled")
-    if scheduled and scheduled.get("status") == "False":
-        return Observation(Phase.PENDING, Reason.UNSCHEDULABLE,
-                           scheduled.get("message") or "the training Pod cannot be scheduled yet")
-    waiting = _waiting(pod)
-    if waiting is not None:
-        container, state = waiting
-        reason, message = state.get("reason", ""), state.get("message") or ""
-        if reason in _PULL_FINAL:
-            return Observation(Phase.FAILED, Reason.IMAGE_PULL_FAILED,
-                               f"the {container} image cannot be pulled: {reason}: {message}".rstrip(": "))
-        if reason in _PULL_RETRYING:
-            return Observation(Phase.PENDING, Reason.IMAGE_PULL_BACK_OFF,
-                               f"the {container} image cannot be pulled yet: {message or reason}")
-        if reason in _CONFIG_ERRORS:
-            return Observation(Phase.PENDING, _CONFIG_ERRORS[reason],
-                               f"the {container} container cannot start: {message or reason}")
+    if (kept_from_starting := _held(pod)) is not None:
+        return kept_from_starting
     driver = _driver_running(pod)
     if driver is not None:
         return Observation(Phase.RUNNING, Reason.RUNNING, "the training is running",
                            driver.get("startedAt") or status.get("startTime") or start)
     return Observation(Phase.PENDING, Reason.STARTING,
                        "the training Pod is starting (pulling images, starting the model server)")
+
+
+def _held(pod: Mapping[str, Any]) -> Observation | None:
+    """What keeps a Pod from starting, when it says: not schedulable, an image not pulled, a container not made
+    (also the replacement of a disrupted Pod: more use than "starting again" while no GPU is free)."""
+    scheduled = _conditions(pod).get("PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        return Observation(Phase.PENDING, Reason.UNSCHEDULABLE,
+                           scheduled.get("message") or "the training Pod cannot be scheduled yet")
+    waiting = _waiting(pod)
+    if waiting is None:
+        return None
+    container, state = waiting
+    reason, message = state.get("reason", ""), state.get("message") or ""
+    if reason in _PULL_FINAL:
+        return Observation(Phase.FAILED, Reason.IMAGE_PULL_FAILED,
+                           f"the {container} image cannot be pulled: {reason}: {message}".rstrip(": "))
+    if reason in _PULL_RETRYING:
+        return Observation(Phase.PENDING, Reason.IMAGE_PULL_BACK_OFF,
+                           f"the {container} image cannot be pulled yet: {message or reason}")
+    if reason in _CONFIG_ERRORS:
+        return Observation(Phase.PENDING, _CONFIG_ERRORS[reason],
+                           f"the {container} container cannot start: {message or reason}")
+    return None
 
 
 def running_pod(pods: Iterable[Mapping[str, Any]]) -> str | None:
