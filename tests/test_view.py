@@ -136,6 +136,17 @@ def training(name: str, phase: str | None) -> dict[str, Any]:
                  False, False, 0, 0, False, id="deleted-training-is-forgotten"),
     pytest.param([("jobs", "ADDED", job()), ("jobs", "MODIFIED", job(**COMPLETE))], False, False, 1, 0, False,
                  id="a-job-is-replaced-by-its-newer-self"),
+    pytest.param([("t", None, training("t", "Running")), ("pods", "MODIFIED", pod("Running", disrupted=True)),
+                  ("pods", "DELETED", pod("Failed", disrupted=True))], True, False, 0, 1, True,
+                 id="a-disrupted-pod-deleted-is-kept-while-its-training-runs"),
+    pytest.param([("t", None, training("t", "Running")), ("pods", "DELETED", pod("Failed", disrupted=True)),
+                  ("t", "MODIFIED", training("t", "Failed"))], True, True, 0, 0, False,
+                 id="until-it-finishes"),
+    pytest.param([("t", None, training("t", "Running")), ("pods", "DELETED", pod("Failed", disrupted=True)),
+                  ("t", "DELETED", training("t", "Running"))], False, False, 0, 0, False,
+                 id="or-is-deleted"),
+    pytest.param([("t", None, training("t", "Running")), ("pods", "DELETED", pod("Failed"))], True, False, 0, 0, True,
+                 id="a-pod-not-disrupted-deleted-is-dropped"),
 ])
 def test_view_follows_events(events: list[tuple[str, str | None, dict[str, Any]]], known: bool, finished: bool,
                              jobs: int, pods: int, held: bool) -> None:
@@ -259,3 +270,14 @@ def test_a_read_made_again_counts_against_the_cap() -> None:
         reads += 2 * len(due)
         pacer.spend(len(due))
     assert 10 * 290 <= reads <= 10 * 301 + 10, "10 reads a second, second ones included (past one second's burst)"
+
+
+def test_a_disruption_whose_pod_is_gone_before_the_status_write_still_counts() -> None:
+    """An evicted Pod is deleted, and gone as soon as it stops: a status thread that gets to the Training only
+    then (4 threads, thousands of Trainings) must still count the restart, or maxRestarts is never reached."""
+    view = View()
+    view.training_seen(None, training("t", "Running"))
+    view.child_seen("jobs", None, job())
+    view.child_seen("pods", "MODIFIED", pod("Running", disrupted=True))
+    view.child_seen("pods", "DELETED", pod("Failed", disrupted=True))
+    assert [d["uid"] for d in disruptions_of(view.children(("ml", "t"))[1])] == ["pod-uid"]

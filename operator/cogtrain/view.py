@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from .jobs import KUEUE_QUEUE_LABEL, LABEL_TRAINING
+from .status import disruptions_of
 
 Key = tuple[str, str]
 Kind = Literal["jobs", "pods"]
@@ -111,12 +112,15 @@ class View:
         return key
 
     def child_seen(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> Key:
-        """A Job's or Pod's watch event (kept only while its Training may still change)."""
+        """A Job's or Pod's watch event (kept only while its Training may still change). A disrupted Pod is kept
+        after its deletion while its Training is active: it is gone as soon as it stops, maybe before a status
+        thread counted the restart (then only the Training's end, or deletion, drops it)."""
         key = child_key(body)
         uid = str((body.get("metadata") or {}).get("uid") or "")
         with self._lock:
             by_training = self._children[kind]
-            if event_type == "DELETED" or key in self._finished:
+            kept = kind == "pods" and key in self._active and bool(disruptions_of([body]))
+            if (event_type == "DELETED" and not kept) or key in self._finished:
                 found = by_training.get(key)
                 if found is not None and uid in found:
                     rest = {k: v for k, v in found.items() if k != uid}  # copied: readers hold the old one
