@@ -10,7 +10,19 @@ from typing import Any
 import pytest
 
 from cogtrain.status import disruptions_of, observe
-from cogtrain.view import JOB, POD, TRAINING, Coalescer, Deferred, Pacer, Schedule, View, child_key, slim
+from cogtrain.view import (
+    JOB,
+    POD,
+    TRAINING,
+    UNHANDLED_LIMIT,
+    Coalescer,
+    Deferred,
+    Pacer,
+    Schedule,
+    View,
+    child_key,
+    slim,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -281,3 +293,17 @@ def test_a_disruption_whose_pod_is_gone_before_the_status_write_still_counts() -
     view.child_seen("pods", "MODIFIED", pod("Running", disrupted=True))
     view.child_seen("pods", "DELETED", pod("Failed", disrupted=True))
     assert [d["uid"] for d in disruptions_of(view.children(("ml", "t"))[1])] == ["pod-uid"]
+
+
+def test_a_training_never_handled_holds_the_waits_of_others_back_only_for_a_while() -> None:
+    """A Training whose first handling never comes (its handler fails each time, or it was deleted while the watch
+    was down, so no DELETED event came) is not a burst of creations: it must not hold every other Training's
+    informational writes (and JobCreated Events) back for good."""
+    view = View()
+    view.training_seen("ADDED", training("stuck", None), now=0.0)
+    assert view.handling(now=1.0)
+    assert not view.handling(now=UNHANDLED_LIMIT + 1.0), "no longer a burst"
+    view.training_seen("ADDED", training("new", None), now=UNHANDLED_LIMIT + 2.0)
+    assert view.handling(now=UNHANDLED_LIMIT + 3.0), "a new one is"
+    view.training_seen("MODIFIED", training("stuck", None), now=UNHANDLED_LIMIT + 4.0)
+    assert not view.handling(now=2 * UNHANDLED_LIMIT + 3.0), "seen again, it waits since it was first seen"

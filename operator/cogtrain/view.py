@@ -16,6 +16,7 @@ Pure: no I/O. Updated from the event loop and read from handler threads, under o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -28,6 +29,9 @@ Shape = Mapping[str, Any]
 WHOLE = True  # in a shape: keep the value as it is
 
 FINISHED = frozenset({"Succeeded", "Failed", "Canceled"})
+UNHANDLED_LIMIT = 120.0
+"""Seconds a Training waiting for its first handling counts as a burst of creations under way (`View.handling`):
+one never handled (its handler fails each time, or deleted while the watch was down) holds nothing back for good."""
 
 _CONDITION: Shape = {"type": WHOLE, "status": WHOLE, "reason": WHOLE, "message": WHOLE, "lastTransitionTime": WHOLE}
 _OWNER: Shape = {"apiVersion": WHOLE, "kind": WHOLE, "name": WHOLE, "uid": WHOLE, "controller": WHOLE}
@@ -87,17 +91,18 @@ class View:
         self._children: dict[str, dict[Key, dict[str, dict[str, Any]]]] = {"jobs": {}, "pods": {}}
         self._active: dict[Key, dict[str, Any]] = {}
         self._finished: set[Key] = set()
-        self._unhandled: set[Key] = set()  # seen with no status phase yet: no handler has run for them
+        # seen with no status phase yet (no handler has run for them), each since when: oldest first
+        self._unhandled: dict[Key, float] = {}
 
-    def training_seen(self, event_type: str | None, body: Mapping[str, Any]) -> Key:
+    def training_seen(self, event_type: str | None, body: Mapping[str, Any], now: float | None = None) -> Key:
         """A Training's watch event. A finished or deleted Training's Jobs and Pods are dropped."""
         key = training_key(body)
         phase = (body.get("status") or {}).get("phase")
         with self._lock:
             if event_type == "DELETED" or phase or (body.get("metadata") or {}).get("deletionTimestamp"):
-                self._unhandled.discard(key)
+                self._unhandled.pop(key, None)
             else:
-                self._unhandled.add(key)
+                self._unhandled.setdefault(key, time.monotonic() if now is None else now)
             if event_type == "DELETED" or phase in FINISHED:
                 self._active.pop(key, None)
                 for children in self._children.values():
@@ -138,10 +143,12 @@ class View:
             return (list(self._children["jobs"].get(key, {}).values()),
                     list(self._children["pods"].get(key, {}).values()))
 
-    def handling(self) -> bool:
-        """Whether Trainings are waiting for their first handling (a burst of creations under way)."""
+    def handling(self, now: float | None = None) -> bool:
+        """Whether a Training waits for its first handling, since less than UNHANDLED_LIMIT (a burst of creations
+        under way): the newest one is the last seen (O(1), asked on every event)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            return bool(self._unhandled)
+            return bool(self._unhandled) and now - next(reversed(self._unhandled.values())) < UNHANDLED_LIMIT
 
     def finished(self, key: Key) -> bool:
         with self._lock:
