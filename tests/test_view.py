@@ -307,3 +307,40 @@ def test_a_training_never_handled_holds_the_waits_of_others_back_only_for_a_whil
     assert view.handling(now=UNHANDLED_LIMIT + 3.0), "a new one is"
     view.training_seen("MODIFIED", training("stuck", None), now=UNHANDLED_LIMIT + 4.0)
     assert not view.handling(now=2 * UNHANDLED_LIMIT + 3.0), "seen again, it waits since it was first seen"
+
+
+def _renamed(body: dict[str, Any], name: str, **meta: Any) -> dict[str, Any]:
+    out = copy.deepcopy(body)
+    out["metadata"].update(meta)
+    out["metadata"]["uid"] = f"{out['metadata']['uid']}-{name}"
+    out["metadata"].setdefault("labels", {})["cog.run/training"] = name
+    return out
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["finished-then-deleted", "deleted-while-running"])
+def test_nothing_is_left_of_trainings_deleted_with_their_jobs_and_pods(finishes: bool) -> None:
+    """Thousands of Trainings come and go: once each Training, Job and Pod is deleted (the garbage collector's
+    updates of the Job and Pods coming after the Training's deletion), the view holds nothing of them: disrupted
+    Pods are kept after their deletion only while their Training is active (the last one here is evicted as the
+    Training goes)."""
+    view = View()
+    gone = {"deletionTimestamp": "2026-12-01T01:00:00Z"}
+    for i in range(2000):
+        name = f"t{i}"
+        view.training_seen("ADDED", training(name, None), now=0.0)
+        view.training_seen("MODIFIED", training(name, "Running"), now=0.0)
+        view.child_seen("jobs", "ADDED", _renamed(job(), name))
+        evicted = _renamed(pod("Failed", disrupted=True), name)
+        view.child_seen("pods", "MODIFIED", evicted)
+        view.child_seen("pods", "DELETED", evicted)
+        replacement = _renamed(pod("Running"), f"{name}", uid=f"second-{i}")
+        view.child_seen("pods", "ADDED", replacement)
+        if finishes:
+            view.training_seen("MODIFIED", training(name, "Succeeded"))
+        view.training_seen("DELETED", training(name, "Succeeded" if finishes else "Running"))
+        view.child_seen("jobs", "MODIFIED", _renamed(job(), name, **gone))
+        view.child_seen("pods", "MODIFIED", _renamed(pod("Running"), name, uid=f"second-{i}", **gone))
+        view.child_seen("pods", "DELETED", _renamed(pod("Failed", disrupted=True), name, uid=f"second-{i}", **gone))
+        view.child_seen("jobs", "DELETED", _renamed(job(), name, **gone))
+    assert view.sizes() == {"active": 0, "finished": 0, "unhandled": 0, "jobs": 0, "pods": 0}
+    assert not view.handling(now=0.0)
