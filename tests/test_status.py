@@ -299,3 +299,15 @@ def test_the_replacement_of_a_disrupted_pod_says_what_holds_it() -> None:
     patch = advance(running, observation, 1, NOW, disruptions_of([evicted, unschedulable]), max_restarts=3)
     assert patch is not None and patch["phase"] == "Pending" and patch["restarts"] == 1
     assert observe(JOB, [evicted, _pod("p2", "u22", "Pending")]).reason is Reason.RESTARTING
+
+
+def test_a_queue_eviction_counts_past_ten_kept_even_if_the_operators_clock_is_behind() -> None:
+    """A suspension by the queue is stamped with the operator's clock; it is made once, so it is never one of those
+    dropped from the 10 kept, however its time compares with the Pods' (stamped by the API server)."""
+    pods = [_evicted(i) for i in range(10)]
+    status = {"phase": "Running", "jobName": "j", "restarts": 10, "disruptions": disruptions_of(pods)}
+    suspended = {"metadata": {"name": "j"}, "spec": {"suspend": True}, "status": {}}
+    early = datetime.datetime(2026, 11, 27, 9, 0, tzinfo=datetime.UTC)
+    patch = advance(status, observe(suspended, pods), 1, early, disruptions_of(pods), max_restarts=50)
+    assert patch is not None and patch["restarts"] == 11
+    assert any(d["reason"] == "SuspendedByQueue" for d in patch["disruptions"])

@@ -233,6 +233,7 @@ def _driver_running(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 # --- disruptions -------------------------------------------------------------------------------
 
 MAX_DISRUPTIONS_KEPT = 10
+QUEUE_EVICTION = "SuspendedByQueue"
 # What the API server, scheduler and controllers put in a Pod's DisruptionTarget condition.
 _DISRUPTED_BY = {
     "EvictionByEvictionAPI": "evicted",
@@ -267,14 +268,14 @@ def disruptions_of(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def queue_eviction(pod_name: str, now: str) -> dict[str, Any]:
     """A Job its queue suspended while it ran (Kueue preempting it): a disruption without a Pod condition."""
-    return {"pod": pod_name, "uid": f"suspended:{pod_name}", "node": "", "reason": "SuspendedByQueue",
+    return {"pod": pod_name, "uid": f"suspended:{pod_name}", "node": "", "reason": QUEUE_EVICTION,
             "message": "the training's queue suspended its Job (e.g. Kueue preemption)", "time": now}
 
 
 def describe_disruption(disruption: Mapping[str, Any]) -> str:
     how = _DISRUPTED_BY.get(str(disruption.get("reason")), "disrupted")
     node = f" from node {disruption['node']}" if disruption.get("node") else ""
-    if disruption.get("reason") == "SuspendedByQueue":
+    if disruption.get("reason") == QUEUE_EVICTION:
         return "suspended by its queue"
     return f"{how}{node} ({disruption.get('reason')})"
 
@@ -394,7 +395,9 @@ def advance(current: Mapping[str, Any] | None, observation: Observation, generat
     new = observation.phase
     if phase is Phase.RUNNING and observation.reason is Reason.SUSPENDED and not user_suspended:
         name = f"{current.get('jobName') or 'job'}:{int(current.get('restarts') or 0)}"
-        disruptions = [*disruptions, queue_eviction(name, _stamp(now))]
+        recorded = [str(d.get("time") or "") for d in current.get("disruptions") or [] if isinstance(d, Mapping)]
+        # stamped by the operator's clock, the Pods' by the API server's: never before a disruption recorded
+        disruptions = [*disruptions, queue_eviction(name, max([_stamp(now), *recorded]))]
     restarts, kept, fresh = count_disruptions(current, disruptions)
     fields: dict[str, Any] = {}
     if fresh or current.get("restarts"):
