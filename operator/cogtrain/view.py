@@ -72,6 +72,15 @@ def slim(value: Any, shape: Any) -> Any:
     return {key: slim(value[key], sub) for key, sub in shape.items() if key in value}
 
 
+def _without_kopf(training: dict[str, Any]) -> dict[str, Any]:
+    """A slim Training without status.kopf: kopf's diff-base is there (storage.py), the spec with its inputs (up to
+    1 MiB) and annotations as JSON, and kopf's progress; no status write or check reads them."""
+    status = training.get("status")
+    if isinstance(status, Mapping) and "kopf" in status:
+        return {**training, "status": {key: value for key, value in status.items() if key != "kopf"}}
+    return training
+
+
 def training_key(body: Mapping[str, Any]) -> Key:
     meta = body.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -113,7 +122,7 @@ class View:
                     self._finished.add(key)
             else:
                 self._finished.discard(key)
-                self._active[key] = slim(dict(body), TRAINING)
+                self._active[key] = _without_kopf(slim(dict(body), TRAINING))
         return key
 
     def child_seen(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> Key:
