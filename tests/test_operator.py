@@ -746,3 +746,25 @@ def test_a_training_created_with_a_garbage_diff_base_annotation_is_handled(
     assert cluster.wait_phase("forged", "Pending")["jobName"] == cluster.job("forged")["metadata"]["name"]
     cluster.patch_training("forged", {"spec": {"cancel": True}})
     cluster.wait_phase("forged", "Canceled")
+
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("event_type", "going", "behind"), [
+    pytest.param("MODIFIED", True, False, id="being-deleted"),
+    pytest.param("DELETED", True, False, id="deleted"),
+    pytest.param("MODIFIED", False, True, id="changed"),
+    pytest.param(None, False, False, id="listed"),
+])
+def test_the_jobs_and_pods_of_a_deleted_training_are_not_a_reason_to_read_it(
+        event_type: str | None, going: bool, behind: bool) -> None:
+    """Deleting Trainings (thousands, in a clean-up) has the garbage collector update and delete their Jobs and
+    Pods after the Training's own DELETED event: each was a GET of the Training (404), on the status threads."""
+    from kubernetes import client
+
+    from cogtrain.handlers import _child_behind
+
+    runtime = Runtime(settings=Settings(), api_client=client.ApiClient(), resolver=SchemaResolver(RegistryClient()))
+    gone = {"metadata": {"namespace": "ml", "name": "t", "uid": "u"}, "status": {"phase": "Running"}}
+    key = runtime.view.training_seen("DELETED", gone)
+    assert _child_behind(runtime, key, event_type, None, going) == (behind, False)

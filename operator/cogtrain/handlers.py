@@ -737,16 +737,22 @@ def _behind(runtime: Runtime, key: Key, training: Mapping[str, Any], finished_jo
     return True, finished_job is None and informational(training.get("status") or {}, update)
 
 
+def _going(body: Mapping[str, Any], type: str | None) -> bool:  # noqa: A002  (kopf's name)
+    return type == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def _child_behind(runtime: Runtime, key: Key, type: str | None,  # noqa: A002  (kopf's name)
-                  finished_job: Mapping[str, Any] | None) -> Behind:
+                  finished_job: Mapping[str, Any] | None, going: bool = False) -> Behind:
     """Whether a Job's or Pod's event (already in the view) calls for a status write: never for a finished
-    Training; at the first listing, not for a Training not seen yet (its resume reads everything afresh);
-    otherwise when the view differs from the status the Training's watch last showed."""
+    Training; at the first listing, not for a Training not seen yet (its resume reads everything afresh), nor
+    for a child going away (deleted, or being deleted) whose Training the view does not hold: mostly the garbage
+    collector's, after the Training's own deletion, a read each in a clean-up of thousands; otherwise when the
+    view differs from the status the Training's watch last showed."""
     if runtime.view.finished(key):
         return _NOT_BEHIND
     training = runtime.view.training(key)
-    if training is None:
-        return type is not None, False  # not seen yet: read it (sync_status), except at the first listing
+    if training is None:  # not seen yet: read it (sync_status), except at the first listing or as it goes
+        return type is not None and not going, False
     if not (training.get("status") or {}).get("jobName"):
         return _NOT_BEHIND  # ignored until the status names the Job; the Training's event for that write checks
     return _behind(runtime, key, training, finished_job, no_job=True)
@@ -788,7 +794,7 @@ async def job_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     runtime = _runtime(memo)
     key = runtime.view.child_seen("jobs", type, body)
     finished_job = _deleted_finished_job(body, type)
-    _follow(runtime, key, _child_behind(runtime, key, type, finished_job), finished_job)
+    _follow(runtime, key, _child_behind(runtime, key, type, finished_job, _going(body, type)), finished_job)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
@@ -796,7 +802,7 @@ async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     """The view follows the Pod; the status follows the view when they differ (async: in the event loop)."""
     runtime = _runtime(memo)
     key = runtime.view.child_seen("pods", type, body)
-    _follow(runtime, key, _child_behind(runtime, key, type, None))
+    _follow(runtime, key, _child_behind(runtime, key, type, None, _going(body, type)))
 
 
 # --- a Job that cannot make its Pod ------------------------------------------------------------
