@@ -768,3 +768,27 @@ def test_the_jobs_and_pods_of_a_deleted_training_are_not_a_reason_to_read_it(
     gone = {"metadata": {"namespace": "ml", "name": "t", "uid": "u"}, "status": {"phase": "Running"}}
     key = runtime.view.training_seen("DELETED", gone)
     assert _child_behind(runtime, key, event_type, None, going) == (behind, False)
+
+
+@pytest.mark.integration
+def test_a_training_past_its_restarts_has_its_job_deleted_despite_an_api_error(
+        kube: KubeAPI, operator: RunningOperator, cluster: Cluster, registries: Registries) -> None:
+    """TooManyRestarts is final, so nothing looks at the Training again: a DELETE of its Job that failed once
+    (a 500, a timeout) left the Job making Pods on the GPUs, for a Training that says it failed."""
+    cluster.create_training("limit", spec(registries, maxRestarts=0))
+    job = cluster.job("limit")
+    pod = cluster.start_pod(job)
+    cluster.run_pod(pod)
+    cluster.wait_phase("limit", "Running")
+    fault = Fault("DELETE", "jobs", status=500, times=1)
+    kube.emulator.faults.append(fault)
+    try:
+        cluster.set_pod_status(pod, {"phase": "Failed", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+             "message": "preempted", "lastTransitionTime": "2026-11-27T10:10:00Z"}]})
+        status = cluster.wait_phase("limit", "Failed")
+        assert {c["type"]: c["reason"] for c in status["conditions"]}["Failed"] == "TooManyRestarts"
+        wait_for(lambda: cluster.jobs() == [], what="the Job to be deleted")
+        assert fault.hits == 1
+    finally:
+        kube.emulator.faults.remove(fault)

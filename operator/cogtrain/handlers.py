@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import kopf
 import pydantic
@@ -65,6 +65,7 @@ LOGGER = logging.getLogger("cogtrain")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 TRAININGS = (api.GROUP, api.VERSION, api.PLURAL)
 FINISHED = frozenset(phase.value for phase in TERMINAL)
+T = TypeVar("T")
 STATUS_WORKERS = 4  # threads writing the statuses the view calls for (kopf's own 16 create Jobs)
 
 
@@ -621,7 +622,9 @@ def _restarted(runtime: Runtime, training: Mapping[str, Any], before: Mapping[st
     failed = next((c for c in after.get("conditions") or [] if c["type"] == "Failed" and c["status"] == "True"), None)
     job = after.get("jobName") or before.get("jobName")
     if failed and failed["reason"] == Reason.TOO_MANY_RESTARTS and job:
-        _delete_job(runtime, (training.get("metadata") or {}).get("namespace") or "default", str(job))
+        # Retried here: the status is final, so no later sync deletes the Job, which would go on making Pods.
+        namespace = (training.get("metadata") or {}).get("namespace") or "default"
+        _retried(lambda _: _delete_job(runtime, namespace, str(job)))
 
 
 def _delete_job(runtime: Runtime, namespace: str, name: str) -> None:
@@ -688,10 +691,16 @@ def _sync_from_view(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] 
         jobs, pods = runtime.view.children(key)
         return (list(jobs) or ([finished_job] if finished_job else [])), list(pods)
 
+    return _retried(lambda attempt: sync_status(
+        runtime, key[0], key[1], children,
+        written if written is not None and attempt == 0 else runtime.view.training(key)))
+
+
+def _retried(call: Callable[[int], T]) -> T:
+    """`call(attempt)`, again after a transient API error (5xx, 429, a connection's), a few times with backoff."""
     for attempt in range(4):
         try:
-            known = written if written is not None and attempt == 0 else runtime.view.training(key)
-            return sync_status(runtime, key[0], key[1], children, known)
+            return call(attempt)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
             if isinstance(error, ApiException) and error.status is not None and error.status < 500 and (
                 error.status != 429
@@ -700,7 +709,7 @@ def _sync_from_view(runtime: Runtime, key: Key, finished_job: Mapping[str, Any] 
             if attempt == 3:
                 raise
             time.sleep(0.5 * 2**attempt)
-    return None
+    raise AssertionError("unreachable")
 
 
 def _finished(job: Mapping[str, Any]) -> bool:
