@@ -1049,8 +1049,8 @@ class Driver:
                     Reason.TRAINING_FAILED, f"the model's training failed: {cog_error(state.error)}"
                 )
             if state.status != "succeeded":
-                raise DriverError(Reason.TRAINING_FAILED,
-                                  f"the model server ended the training with the status {state.status!r}, not succeeded")
+                raise DriverError(Reason.TRAINING_FAILED, "the model server ended the training with the status "
+                                  f"{state.status!r}, not succeeded")
             return self._store(state.output, receiver)
         finally:
             receiver.finish()
