@@ -7,6 +7,7 @@ also checks that every test is marked `unit` or `integration` (see pyproject.tom
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -26,6 +27,15 @@ from support.paths import load_schema_document, model_dirs  # noqa: E402
 from support.registries import USERS, Registries, cog_labels, predict_only_labels  # noqa: E402
 from support.registry_server import OCI_MANIFEST, start_registry  # noqa: E402
 from support.s3_server import S3Server, start_s3  # noqa: E402
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Ctrl-C works in the processes the tests start, however the suite was started: a shell without job control
+    starts a background command (`./run-tests &`) with SIGINT ignored, and every child inherits that, so the tests
+    that press Ctrl-C on the CLI and the model server's SIGINT shutdown waited for good (seen in a CI rerun)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 KINDS = ("unit", "integration")
 
